@@ -1,0 +1,32 @@
+# One entry point. `make demo` and `make test` create .venv on first use.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench contract clean
+
+$(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ctr run pipelines/examples/synthetic.yaml --summary-json runs/demo-summary.json
+
+test: $(STAMP)
+	$(BIN)/ruff check ctr pipelines serving tests
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.train_throughput
+
+contract: $(STAMP)
+	../shared/bin/check-contract
+
+clean:
+	rm -rf runs .ctr_cache mlruns.db mlartifacts bench-results

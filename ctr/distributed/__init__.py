@@ -1,0 +1,1 @@
+"""Process groups and TorchRec sharding: the only package that imports ``torchrec.distributed``."""

@@ -1,0 +1,111 @@
+"""Sharding plans and ``DistributedModelParallel``: where each table lives.
+
+What a table *is* comes from :mod:`ctr.embeddings.tables`; how it is *updated* from
+:mod:`ctr.train.optim`; this module only decides placement (planner + per-table constraints).
+"""
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ctr.config import StrictConfig
+from ctr.embeddings.tables import table_bound, table_init
+
+ShardingType = Literal["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise",
+                       "data_parallel"]
+CPU_MISSING = {"row_wise", "table_row_wise", "grid_shard"}  # TorchRec lists these for CUDA only
+
+
+class ShardingConfig(StrictConfig):
+    """Args:
+        types (list[str] | None): sharding types the planner may use for every table (``None``:
+            planner's choice among model-parallel types).
+        min_partition (int | None): column-wise shard width (must be a multiple of 4).
+    """
+
+    types: list[ShardingType] | None = None
+    min_partition: int | None = None
+
+
+class AllTypesSharder(EmbeddingBagCollectionSharder):
+    """Stock sharder that also offers row-wise variants on CPU (they run correctly there, stack.md §3)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        return super().sharding_types("cuda" if compute_device_type == "cpu" else compute_device_type)
+
+
+def table_configs_of(model: nn.Module) -> dict[str, EmbeddingBagConfig]:
+    return {c.name: c for m in model.modules() if isinstance(m, EmbeddingBagCollection)
+            for c in m.embedding_bag_configs()}
+
+
+def _constraints(tables: dict[str, EmbeddingBagConfig], cfg: ShardingConfig, fused: bool):
+    if not fused:  # TorchRec's dense kernel exists only for data-parallel tables
+        return {t: ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"]) for t in tables}
+    types = cfg.types or ["table_wise", "column_wise", "table_column_wise"]
+    types = [t for t in types if t != "data_parallel"] or ["table_wise"]
+    return {t: ParameterConstraints(sharding_types=list(types), compute_kernels=["fused"],
+                                    min_partition=cfg.min_partition) for t in tables}
+
+
+def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torch.device,
+                seed: int) -> DistributedModelParallel:
+    """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows."""
+    tables = table_configs_of(model)
+    world = dist.get_world_size()
+    sharders = [AllTypesSharder() if set(cfg.types or []) & CPU_MISSING else EmbeddingBagCollectionSharder()]
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type),
+                                       constraints=_constraints(tables, cfg, fused))
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+    init_sharded_tables(dmp, tables, seed)
+    return dmp
+
+
+def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:
+    """Fill each local shard from the full deterministic table (identical at every world size)."""
+    with torch.no_grad():
+        for key, value in dmp.state_dict().items():
+            parts = key.split(".")
+            if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in tables:
+                continue
+            cfg = tables[parts[-2]]
+            full = table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
+            if isinstance(value, ShardedTensor):
+                for shard in value.local_shards():
+                    (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
+            else:
+                value.copy_(full)
+
+
+def plan_text(dmp: DistributedModelParallel) -> str:
+    return str(dmp.plan)
+
+
+def gather_rows(array: np.ndarray) -> np.ndarray:
+    """Concatenate an array from every rank in rank order (identity at world size 1)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return array
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+def mean_across_ranks(values: list[float]) -> list[float]:
+    """Element-wise mean of equal-length float lists over ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()

@@ -1,0 +1,1 @@
+"""Train → serve bridge: turn a DCP checkpoint into a self-describing serving bundle."""

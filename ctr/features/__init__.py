@@ -1,0 +1,1 @@
+"""Shared preprocessing: the only code that turns raw rows into ids and tensors (training and serving)."""

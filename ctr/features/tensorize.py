@@ -1,0 +1,127 @@
+"""Encoded rows → tensors: the :class:`Batch` every model, trainer and scorer consumes.
+
+Encoded frame layout (written by :mod:`ctr.features.transform`, read here):
+  * one ``Int64`` column per categorical field (its id; 0 = OOV),
+  * one ``List(Int64)`` column per sequence field (ids, possibly empty),
+  * one ``Float32`` column per numeric field (already transformed),
+  * ``_label`` (Float32, absent at serving time) and ``_group`` (Int64 codes, optional).
+
+The KJT keys are the sparse field names in schema order; numeric values form ``dense`` [B, N].
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from ctr.features.schema import Schema
+
+LABEL_COLUMN = "_label"
+GROUP_COLUMN = "_group"
+
+
+@dataclass
+class Batch:
+    """One mini-batch.
+
+    Args:
+        dense (torch.Tensor): [B, N] float32 numeric fields (N may be 0).
+        sparse (KeyedJaggedTensor): ids of the sparse fields, keys in schema order.
+        labels (torch.Tensor): [B] float32 0/1 labels (zeros when unknown, e.g. serving).
+        groups (torch.Tensor | None): [B] int64 group codes for GAUC.
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+    groups: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class EncodedColumns:
+    """Column arrays of an encoded split, held in memory; :meth:`batch` slices rows into a :class:`Batch`.
+
+    Example::
+
+        cols = EncodedColumns.from_frame(encoded_df, schema)
+        batch = cols.batch(np.arange(0, 512))
+    """
+
+    def __init__(self, schema: Schema, ids: np.ndarray, seqs: dict[str, tuple[np.ndarray, np.ndarray]],
+                 dense: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> None:
+        self.schema = schema
+        self.ids = ids  # [N, C] int64, C = categorical (single-valued) fields
+        self.seqs = seqs  # name -> (offsets [N+1], values [nnz])
+        self.dense = dense  # [N, numeric] float32
+        self.labels = labels  # [N] float32
+        self.groups = groups  # [N] int64 or None
+        self.keys = [f.name for f in schema.sparse_fields]
+        self._single = [f.name for f in schema.sparse_fields if f.kind == "categorical"]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame, schema: Schema) -> "EncodedColumns":
+        n = df.height
+        single = [f.name for f in schema.sparse_fields if f.kind == "categorical"]
+        ids = (df.select(single).to_numpy().astype(np.int64, copy=False) if single
+               else np.zeros((n, 0), dtype=np.int64))
+        seqs = {}
+        for f in schema.sparse_fields:
+            if f.kind == "sequence":
+                col = df.get_column(f.name)
+                lengths = col.list.len().fill_null(0).to_numpy().astype(np.int64)
+                offsets = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                values = col.explode().drop_nulls().to_numpy().astype(np.int64)
+                seqs[f.name] = (offsets, values)
+        num = [f.name for f in schema.numeric_fields]
+        dense = (df.select(num).to_numpy().astype(np.float32, copy=False) if num
+                 else np.zeros((n, 0), dtype=np.float32))
+        labels = (df.get_column(LABEL_COLUMN).to_numpy().astype(np.float32) if LABEL_COLUMN in df.columns
+                  else np.zeros(n, dtype=np.float32))
+        groups = df.get_column(GROUP_COLUMN).to_numpy().astype(np.int64) if GROUP_COLUMN in df.columns else None
+        return cls(schema, np.ascontiguousarray(ids), seqs, np.ascontiguousarray(dense), labels, groups)
+
+    def batch(self, rows: np.ndarray | slice) -> Batch:
+        """Rows (an index array or a slice) → :class:`Batch` with KJT values laid out key-major."""
+        ids = self.ids[rows]
+        b = ids.shape[0]
+        parts_v = [ids.T.reshape(-1)] if ids.shape[1] else []
+        parts_l = [np.ones(b * ids.shape[1], dtype=np.int64)] if ids.shape[1] else []
+        for name in self.keys:
+            if name in self.seqs:
+                v, ln = _take_ragged(*self.seqs[name], rows, len(self))
+                parts_v.append(v)
+                parts_l.append(ln)
+        # KJT keys must follow the value layout: single-valued first, then sequences.
+        values = np.concatenate(parts_v) if parts_v else np.zeros(0, dtype=np.int64)
+        lengths = np.concatenate(parts_l) if parts_l else np.zeros(0, dtype=np.int64)
+        kjt = KeyedJaggedTensor(keys=self.kjt_keys, values=torch.from_numpy(values),
+                                lengths=torch.from_numpy(lengths))
+        groups = None if self.groups is None else torch.from_numpy(self.groups[rows])
+        return Batch(torch.from_numpy(self.dense[rows]), kjt, torch.from_numpy(self.labels[rows]), groups)
+
+    @property
+    def kjt_keys(self) -> list[str]:
+        return self._single + [k for k in self.keys if k in self.seqs]
+
+
+def _take_ragged(offsets: np.ndarray, values: np.ndarray, rows, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(n)
+        if step == 1:
+            return values[offsets[start]:offsets[stop]], np.diff(offsets[start:stop + 1])
+        rows = np.arange(start, stop, step)
+    starts, ends = offsets[rows], offsets[rows + 1]
+    lengths = ends - starts
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64), lengths
+    idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+    return values[idx], lengths

@@ -1,0 +1,147 @@
+"""The epoch loop: a plain function that knows nothing about Ray or process groups.
+
+``fit`` trains with early stopping on a validation metric, keeps the best state through a
+checkpointer and restores it at the end. Distributed runners wrap it (they supply batches for
+their rank, a ``validate`` that gathers across ranks, and ``on_report``).
+"""
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from ctr.config import StrictConfig
+from ctr.features.tensorize import Batch
+from ctr.train.objective import Objective
+from ctr.train.optim import OptimConfig
+
+log = logging.getLogger("ctr.train")
+
+
+class TrainConfig(StrictConfig):
+    """Args:
+        epochs (int): maximum epochs.
+        batch_size (int): global batch size (split across ranks).
+        eval_batch_size (int): batch size for validation/test.
+        optimizer (OptimConfig): dense and table optimizers.
+        patience (int): epochs without improvement of ``monitor`` before stopping.
+        monitor (str): ``auc`` (higher is better) or ``logloss`` (lower is better), on validation.
+        seed (int): seed for init and shuffling.
+        max_steps_per_epoch (int | None): cap steps per epoch (smoke runs, benchmarks).
+        progress (bool): show a tqdm progress bar.
+    """
+
+    epochs: int = 10
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    optimizer: OptimConfig = OptimConfig()
+    patience: int = 2
+    monitor: Literal["auc", "logloss"] = "auc"
+    seed: int = 2021
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+
+class Checkpointer(Protocol):
+    def save_best(self, model: torch.nn.Module) -> None: ...
+    def restore_best(self, model: torch.nn.Module) -> None: ...
+
+
+class Batches(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self): ...
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` learned: per-epoch history, per-step losses, the best epoch and its metrics."""
+
+    history: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best: dict = field(default_factory=dict)
+    stopped_early: bool = False
+    train_rows: int = 0
+    train_seconds: float = 0.0
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if math.isnan(new):
+        return False
+    if old is None:
+        return True
+    return new > old if metric == "auc" else new < old
+
+
+def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
+                 desc: str, show: bool) -> tuple[list[float], int, float]:
+    model.train()
+    losses, rows = [], 0
+    total = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, disable=not show, leave=False, unit="batch")
+    for step, batch in enumerate(batches):
+        if step >= total:
+            break
+        loss = objective(model(batch.dense, batch.sparse), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        rows += batch.size
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    return losses, rows, time.perf_counter() - start
+
+
+def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: Batches,
+        validate: Callable[[], dict[str, float]], cfg: TrainConfig, checkpointer: Checkpointer | None = None,
+        on_report: Callable[[dict], None] | None = None, world_size: int = 1) -> FitResult:
+    """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
+
+    ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
+    epoch's record (epoch, train_loss, valid_*, examples_per_s). ``world_size`` only scales the
+    throughput figure (each rank sees 1/world_size of every global batch).
+    """
+    result, best_value, bad_epochs = FitResult(), None, 0
+    for epoch in range(cfg.epochs):
+        train_batches.set_epoch(epoch)
+        losses, rows, seconds = _train_epoch(model, optimizer, objective, train_batches, cfg,
+                                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        metrics = validate()
+        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
+                  "examples_per_s": rows * world_size / max(seconds, 1e-9), "epoch_seconds": seconds}
+        record.update({f"valid_{k}": v for k, v in metrics.items()})
+        result.history.append(record)
+        result.step_losses.extend(losses)
+        result.train_rows += rows * world_size
+        result.train_seconds += seconds
+        improved = _better(cfg.monitor, metrics[cfg.monitor], best_value)
+        log.info("epoch %d: train_loss %.5f valid_auc %.5f valid_logloss %.5f (%.0f examples/s)%s",
+                 epoch + 1, record["train_loss"], metrics["auc"], metrics["logloss"],
+                 record["examples_per_s"], " *best*" if improved else "")
+        if on_report is not None:
+            on_report(record)
+        if improved:
+            best_value, bad_epochs = metrics[cfg.monitor], 0
+            result.best_epoch, result.best = epoch + 1, dict(metrics)
+            if checkpointer is not None:
+                checkpointer.save_best(model)
+        else:
+            bad_epochs += 1
+            if bad_epochs > cfg.patience:
+                result.stopped_early = True
+                log.info("early stop after epoch %d: valid %s did not improve for %d epochs",
+                         epoch + 1, cfg.monitor, bad_epochs)
+                break
+    if checkpointer is not None and result.best_epoch > 0:
+        checkpointer.restore_best(model)
+    return result

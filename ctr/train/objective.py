@@ -1,0 +1,33 @@
+"""Training objective: mean BCE on logits plus any regularizers the model or embedding exposes."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Regularizer = Callable[[], torch.Tensor | None]
+
+
+class Objective:
+    """``loss = BCEWithLogits(logits, labels) + Σ regularizers()``.
+
+    Args:
+        regularizers (list[Callable[[], Tensor | None]]): zero-argument callables, e.g. an embedding
+            method's ``regularizer`` (OptFS gate penalty, DIN's mini-batch aware L2).
+    """
+
+    def __init__(self, regularizers: list[Regularizer] | None = None) -> None:
+        self.regularizers = list(regularizers or [])
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        for reg in self.regularizers:
+            extra = reg()
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+
+def collect_regularizers(model: torch.nn.Module) -> list[Regularizer]:
+    """Every submodule's ``regularizer`` method (FieldEmbedding subclasses define one)."""
+    return [m.regularizer for m in model.modules() if callable(getattr(m, "regularizer", None))]

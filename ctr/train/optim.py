@@ -1,0 +1,85 @@
+"""Optimizers: FBGEMM fused optimizers for embedding tables, a torch optimizer for dense weights.
+
+The only place optimizer settings are turned into TorchRec/torch objects. On CPU, FBGEMM's fused
+kernels support SGD, Adagrad and row-wise Adagrad (fused Adam asserts); a config asking for
+``adam`` on the tables therefore keeps them on TorchRec's dense (data-parallel) kernel and lets
+``torch.optim.Adam`` update them like dense weights.
+"""
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim import optimizers as trec_optimizers
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from ctr.config import StrictConfig
+
+SparseOpt = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
+FUSED_ON_CPU = ("rowwise_adagrad", "adagrad", "sgd")
+
+
+class OptimConfig(StrictConfig):
+    """Args:
+        dense (str): optimizer for dense weights: ``adam``, ``adagrad`` or ``sgd``.
+        lr (float): dense learning rate.
+        weight_decay (float): L2 on dense weights (never on embeddings).
+        sparse (str): table optimizer: ``rowwise_adagrad`` (default, fused), ``adagrad``, ``sgd`` or ``adam``.
+        sparse_lr (float): table learning rate.
+        sparse_eps (float): epsilon of the Adagrad variants.
+    """
+
+    dense: Literal["adam", "adagrad", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sparse: SparseOpt = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    sparse_eps: float = 1e-8
+
+
+def tables_fused(cfg: OptimConfig, device: torch.device) -> bool:
+    """Whether tables use FBGEMM's fused optimizer (else TorchRec's dense kernel + torch optimizer)."""
+    return cfg.sparse in FUSED_ON_CPU or (cfg.sparse == "adam" and device.type == "cuda")
+
+
+def table_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
+
+
+def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
+    """Register the table optimizer in backward (before sharding); FBGEMM fuses it into the TBE kernel."""
+    cls, kwargs = {
+        "rowwise_adagrad": (trec_optimizers.RowWiseAdagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
+        "adagrad": (torch.optim.Adagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
+        "sgd": (torch.optim.SGD, {"lr": cfg.sparse_lr}),
+        "adam": (torch.optim.Adam, {"lr": cfg.sparse_lr}),
+    }[cfg.sparse]
+    apply_optimizer_in_backward(cls, table_parameters(model), kwargs)
+
+
+def _dense_optimizer(cfg: OptimConfig, params, lr: float) -> torch.optim.Optimizer:
+    if cfg.dense == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.dense == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: KeyedOptimizer | None) -> KeyedOptimizer:
+    """Combine the fused table optimizer (if any) with a dense optimizer over every other parameter.
+
+    Parameters whose name contains ``embedding_bags`` but that are not fused (Adam-on-CPU case) get
+    ``sparse_lr`` with ``torch.optim.Adam``; the rest get ``cfg.dense`` at ``cfg.lr``.
+    """
+    params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    tables = {k: v for k, v in params.items() if "embedding_bags" in k}
+    dense = {k: v for k, v in params.items() if k not in tables}
+    parts: list[KeyedOptimizer] = [] if fused is None else [fused]
+    if dense:
+        parts.append(KeyedOptimizerWrapper(dense, lambda p: _dense_optimizer(cfg, p, cfg.lr)))
+    if tables:
+        parts.append(KeyedOptimizerWrapper(tables, lambda p: torch.optim.Adam(p, lr=cfg.sparse_lr)))
+    return CombinedOptimizer(parts)

@@ -1,0 +1,1 @@
+"""Pipeline stages: prepare → train → evaluate → register. Stages never import each other."""
