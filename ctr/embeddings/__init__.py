@@ -1,12 +1,32 @@
 """Embedding methods: one file per method, each wrapping stock TorchRec EmbeddingBagCollections.
 
-``METHODS`` maps the YAML name (``embedding.name``) to (config class, module class).
+``METHODS`` maps the YAML name (``embedding.name``) to (config class, module class). A method's
+module is built as ``Module(layout, dim, config, device)``.
 """
 
+from ctr.config import StrictConfig
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
+from ctr.errors import ConfigError
 
 METHODS = {
     "plain": (PlainEmbeddingConfig, PlainEmbedding),
 }
 
-__all__ = ["METHODS", "PlainEmbedding", "PlainEmbeddingConfig"]
+
+def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictConfig:
+    """YAML ``embedding:`` mapping → the config of the method named by ``raw["name"]`` (default ``plain``).
+
+    Raises:
+        ConfigError: unknown ``name`` (lists the known names), unknown keys, bad values.
+    """
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping, got {type(raw).__name__}", path)
+    name = raw.get("name", "plain")
+    if name not in METHODS:
+        raise ConfigError(f"unknown embedding method {name!r}; known: {', '.join(METHODS)}",
+                          f"{path}.name" if path else "name")
+    return METHODS[name][0].parse({**raw, "name": name}, path)
+
+
+__all__ = ["METHODS", "PlainEmbedding", "PlainEmbeddingConfig", "parse_embedding_config"]

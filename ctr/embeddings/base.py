@@ -8,36 +8,13 @@ without touching model code. Every table lives in a stock ``EmbeddingBagCollecti
 TorchRec sharder distributes it.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.features.schema import Schema
+from ctr.features.layout import FieldLayout
 
-
-@dataclass(frozen=True)
-class FieldLayout:
-    """What an embedding method needs to know about the data: schema and fitted table sizes.
-
-    Args:
-        schema (Schema): the feature schema.
-        table_sizes (dict[str, int]): rows per table (vocabulary size + 1 for OOV id 0).
-        table_counts (dict[str, list[int]] | None): per-id train frequencies (DNIS/DIN need them).
-    """
-
-    schema: Schema
-    table_sizes: dict[str, int]
-    table_counts: dict[str, list[int]] | None = None
-
-    @property
-    def num_fields(self) -> int:
-        return len(self.schema.sparse_fields) + len(self.schema.numeric_fields)
-
-    @property
-    def num_numeric(self) -> int:
-        return len(self.schema.numeric_fields)
+__all__ = ["FieldEmbedding", "FieldLayout"]
 
 
 class FieldEmbedding(nn.Module):

@@ -1,8 +1,10 @@
 """The only place ``EmbeddingBagConfig`` lists are built from a schema and dimensions."""
 
 import zlib
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -15,6 +17,15 @@ def check_dim(dim: int, what: str) -> None:
     if dim <= 0 or dim % FBGEMM_DIM_MULTIPLE:
         raise ValueError(f"{what} must be a positive multiple of {FBGEMM_DIM_MULTIPLE} "
                          f"(FBGEMM fused kernels), got {dim}")
+
+
+def _valid_dim(dim: int) -> int:
+    check_dim(dim, "embedding_dim")
+    return dim
+
+
+EmbeddingDim = Annotated[int, AfterValidator(_valid_dim)]
+"""Config field type for an embedding width: a positive multiple of 4 (FBGEMM)."""
 
 
 def table_configs(layout: FieldLayout, dim: int, prefix: str = "",

@@ -1,0 +1,69 @@
+"""DNN: an MLP on the concatenated field vectors."""
+
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from ctr.config import StrictConfig
+from ctr.embeddings.base import FieldEmbedding
+from ctr.embeddings.tables import EmbeddingDim
+from ctr.models.layers.mlp import MLP, Activation, MLPSpec
+
+
+class DNNConfig(StrictConfig):
+    """YAML ``model:`` section of DNN.
+
+    Args:
+        name (str): ``dnn``.
+        embedding_dim (int): field vector width D (a multiple of 4).
+        dnn_hidden (tuple[int, ...]): hidden widths of the MLP.
+        dnn_activation (str): ``relu``, ``tanh``, ``sigmoid`` or ``prelu``.
+        dnn_dropout (float): dropout after each hidden layer.
+        dnn_batchnorm (bool): batch norm before each hidden activation.
+    """
+
+    name: Literal["dnn"] = "dnn"
+    embedding_dim: EmbeddingDim = 16
+    dnn_hidden: tuple[PositiveInt, ...] = (400, 400)
+    dnn_activation: Activation = "relu"
+    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dnn_batchnorm: bool = False
+
+
+class DNN(nn.Module):
+    """``(dense [B, N], sparse KJT) -> logits [B]``: field vectors ``[B, F, D]`` → flatten
+    ``[B, F·D]`` → MLP → ``[B]``.
+
+    Args:
+        embedding (FieldEmbedding): field vectors ``[B, F, D]``.
+        first_order (FieldEmbedding | None): ignored (DNN has no linear term).
+        config (DNNConfig): options.
+
+    Example::
+
+        >>> from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
+        >>> from ctr.features.layout import FieldLayout
+        >>> from ctr.features.schema import Schema
+        >>> layout = FieldLayout(Schema(fields=[{"name": "u"}, {"name": "x", "kind": "numeric"}]), {"u": 10})
+        >>> emb = PlainEmbedding(layout, 8, PlainEmbeddingConfig())
+        >>> model = DNN(emb, None, DNNConfig(embedding_dim=8, dnn_hidden=(16,)))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["u"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+        >>> model(torch.ones(2, 1), kjt).shape
+        torch.Size([2])
+    """
+
+    needs_first_order = False
+
+    def __init__(self, embedding: FieldEmbedding, first_order: FieldEmbedding | None, config: DNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = embedding
+        spec = MLPSpec(config.dnn_hidden, config.dnn_activation, config.dnn_dropout, config.dnn_batchnorm)
+        self.mlp = MLP(embedding.num_fields * embedding.embedding_dim, spec, out_dim=1)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        fields = self.embedding(dense, sparse)  # [B, F, D]
+        return self.mlp(fields.flatten(1)).squeeze(-1)  # [B, F·D] -> [B, 1] -> [B]
