@@ -61,6 +61,11 @@ class SplitConfig(StrictConfig):
             raise ValueError(f"split values for {lists} need split.column")
         if self.column is not None and not lists:
             raise ValueError("a column split needs value lists (split.train / split.valid / split.test)")
+        seen: dict[str, str] = {}
+        for s in lists:
+            for v in getattr(self, s):
+                if seen.setdefault(v, s) != s:
+                    raise ValueError(f"value {v!r} is listed for both {seen[v]} and {s}")
         return self
 
 

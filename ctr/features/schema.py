@@ -20,6 +20,8 @@ from ctr.errors import ConfigError
 
 Kind = Literal["categorical", "sequence", "numeric"]
 NULL_TOKEN = "<null>"  # missing categorical values become this token (its own category)
+LABEL_COLUMN = "_label"  # encoded frames: Float32 0/1 label (absent at serving time)
+GROUP_COLUMN = "_group"  # encoded frames: Int64 group codes for GAUC (optional)
 
 
 class FeatureSpec(StrictConfig):

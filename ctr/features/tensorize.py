@@ -16,10 +16,9 @@ import polars as pl
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.features.schema import Schema
+from ctr.features.schema import GROUP_COLUMN, LABEL_COLUMN, Schema
 
-LABEL_COLUMN = "_label"
-GROUP_COLUMN = "_group"
+__all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "Batch", "EncodedColumns"]
 
 
 @dataclass

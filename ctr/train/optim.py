@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim import optimizers as trec_optimizers
+import torchrec.optim as trec_optim
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -52,7 +52,7 @@ def table_parameters(model: nn.Module) -> list[nn.Parameter]:
 def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Register the table optimizer in backward (before sharding); FBGEMM fuses it into the TBE kernel."""
     cls, kwargs = {
-        "rowwise_adagrad": (trec_optimizers.RowWiseAdagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
+        "rowwise_adagrad": (trec_optim.RowWiseAdagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
         "adagrad": (torch.optim.Adagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
         "sgd": (torch.optim.SGD, {"lr": cfg.sparse_lr}),
         "adam": (torch.optim.Adam, {"lr": cfg.sparse_lr}),
