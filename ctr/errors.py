@@ -32,6 +32,9 @@ class CtrError(Exception):
 def _rebuild(cls, message, context):
     err = cls.__new__(cls)
     CtrError.__init__(err, message, **context)
+    for key, value in context.items():  # subclass attributes (DataError.line, ConfigError.path, ...)
+        if key not in ("message", "context"):
+            setattr(err, key, value)
     return err
 
 

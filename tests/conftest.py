@@ -23,14 +23,12 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-TINY_FIELDS = [{"name": f"C{i}"} for i in range(1, 7)] + [
-    {"name": "I1", "kind": "numeric", "transform": "log_square"},
-    {"name": "I2", "kind": "numeric", "transform": "log_square"},
-]
+TINY_FIELDS = [{"name": f"C{i}"} for i in range(1, 27)] + [
+    {"name": f"I{i}", "kind": "numeric", "transform": "log_square"} for i in range(1, 14)]
 
 
 def tiny_spec_dict(data_path: Path, out_dir: Path, model: dict | None = None) -> dict:
-    """A small but real pipeline over synthetic Criteo-like Parquet (6 categorical + 2 numeric fields)."""
+    """A small but real pipeline over synthetic Criteo-like Parquet (26 categorical + 13 numeric fields)."""
     return {
         "name": "tiny",
         "synthetic": {"rows": 6000, "seed": 3, "max_cardinality": 500},

@@ -46,7 +46,13 @@ class ReadReport:
 
 @dataclass(frozen=True)
 class BadRow:
-    """The first malformed row of a file and its diagnosis."""
+    """The first malformed row of a file and its diagnosis.
+
+    Args:
+        line (int): 1-based line (Parquet: row) number.
+        reason (str): what is wrong with it.
+        column (str): the offending column, when one is to blame.
+    """
 
     line: int
     reason: str
@@ -58,7 +64,8 @@ class BadRowPolicy:
 
     Args:
         mode (str): ``error`` (raise :class:`~ctr.errors.DataError` naming file and line) or
-            ``skip`` (drop the rows, log one WARNING with the count and the first line).
+            ``skip`` (drop the rows, log one WARNING with the count and the first line). A file
+            whose rows are all malformed (more than one) raises in both modes: its format is wrong.
 
     Example::
 
@@ -76,6 +83,9 @@ class BadRowPolicy:
         if n_bad == 0 or first is None:
             return Decision.KEEP_ALL
         report.first_bad_line, report.first_bad_reason = first.line, first.reason
+        if n_bad == report.rows_read and n_bad > 1:
+            raise DataError(f"all {n_bad} rows are malformed, first: {first.reason}; is data.format right?",
+                            file=report.file, line=first.line, column=first.column)
         if self.mode == "error":
             more = f" ({n_bad - 1} more malformed row(s) follow)" if n_bad > 1 else ""
             raise DataError(f"{first.reason}{more}; fix the file or set data.on_bad_row: skip to drop "

@@ -109,6 +109,11 @@ class DataConfig(StrictConfig):
             raise ValueError(f"duplicate names in columns: {self.columns}")
         if not self.separator:
             raise ValueError("separator must not be empty")
+        if self.columns is not None and self.format not in ("csv", "libfm"):
+            raise ValueError(f"columns applies to csv and libfm only, not to format {self.format!r}")
+        stray = sorted({"separator", "has_header"} & self.model_fields_set)
+        if stray and self.format != "csv":
+            raise ValueError(f"{', '.join(stray)} applies to csv only, not to format {self.format!r}")
         for split in SPLITS:
             if self.files(split) == [] and getattr(self, split) is not None:
                 raise ValueError(f"{split}: empty file list")
@@ -188,7 +193,7 @@ def _line_format(path: str, cfg: DataConfig, label: str | None) -> LineFormat:
         names = cfg.columns or [f"f{k}" for k in range(len(text.split()) - 1)]
         return LineFormat((label or "label", *names), " ", label, libfm=True)
     if cfg.has_header:
-        names = tuple(n.strip() for n in text.split(cfg.separator))
+        names = tuple(n.strip() for n in text.removeprefix("\ufeff").split(cfg.separator))
         _check_unique(path, names)
         return LineFormat(names, cfg.separator, label, line_no)
     return LineFormat(tuple(cfg.columns or ()), cfg.separator, label)

@@ -31,9 +31,9 @@ def split_frames(frames: dict[str, pl.DataFrame], cfg: DataConfig) -> dict[str, 
         carved = _by_column(train, cfg, missing)
     else:
         carved = _by_ratio(train, cfg.split.ratios, cfg.split.seed, missing)
-    out = {s: frames[s] if s in frames else carved[s] for s in SPLITS}
-    log.info("split: %s", ", ".join(f"{s} {out[s].height} rows" + ("" if s in frames and s != "train" else
-                                                                   " (carved)") for s in SPLITS))
+    out = {s: carved[s] if s in carved else frames[s] for s in SPLITS}
+    log.info("split: %s", ", ".join(f"{s} {out[s].height} rows" + (" (carved)" if s in missing else "")
+                                    for s in SPLITS))
     for s in SPLITS:
         if out[s].height == 0:
             log.warning("split %s is empty", s)

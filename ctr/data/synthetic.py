@@ -69,12 +69,14 @@ class SyntheticData:
         parts (dict[str, np.ndarray]): ``first``, ``second``, ``third``, ``numeric`` logit parts.
         bias (float): the solved bias.
         cardinalities (dict[str, int]): categorical field → cardinality it was drawn from.
+        interactions (list[tuple[str, ...]]): the planted field pairs and triples.
     """
 
     frame: pl.DataFrame
     parts: dict[str, np.ndarray]
     bias: float
     cardinalities: dict[str, int]
+    interactions: list[tuple[str, ...]]
 
     @property
     def logit(self) -> np.ndarray:
@@ -127,13 +129,14 @@ def sample(n_rows: int, seed: int = 7, max_cardinality: int = 10**7,
     cards = cardinalities(cfg.num_categorical, max_cardinality, cfg.min_cardinality, seed)
     ids = [zipf_ids(rng, n_rows, k, cfg.zipf_exponent) for k in cards]
     counts, z = _numeric(rng, n_rows, cfg)
-    parts = _teacher(rng, ids, z, cfg, seed)
+    parts, interactions = _teacher(rng, ids, z, cfg, seed)
     bias = _solve_bias(sum(parts.values()), cfg.positive_rate)
     logit = bias + sum(parts.values())
     label = (rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
     frame = _frame(label, counts, ids, seed)
     names = [f"C{j + 1}" for j in range(cfg.num_categorical)]
-    return SyntheticData(frame, parts, bias, dict(zip(names, cards, strict=True)))
+    named = [tuple(names[f] for f in group) for group in interactions]
+    return SyntheticData(frame, parts, bias, dict(zip(names, cards, strict=True)), named)
 
 
 def _numeric(rng, n: int, cfg: SyntheticConfig) -> tuple[list[pl.Series], np.ndarray]:
@@ -148,7 +151,8 @@ def _numeric(rng, n: int, cfg: SyntheticConfig) -> tuple[list[pl.Series], np.nda
     return series, zs
 
 
-def _teacher(rng, ids: list[np.ndarray], z: np.ndarray, cfg: SyntheticConfig, seed: int) -> dict[str, np.ndarray]:
+def _teacher(rng, ids: list[np.ndarray], z: np.ndarray, cfg: SyntheticConfig,
+             seed: int) -> tuple[dict[str, np.ndarray], list[tuple[int, ...]]]:
     n, nf = z.shape[0], len(ids)
     s1, s2, s3, s4 = cfg.scales
     scalars = [hashed_uniforms(ids[f], f, 0, seed, 2) for f in range(nf)]  # first-order w, third-order u
@@ -167,7 +171,7 @@ def _teacher(rng, ids: list[np.ndarray], z: np.ndarray, cfg: SyntheticConfig, se
     third *= s3 / math.sqrt(max(len(triples), 1))
     weights = rng.standard_normal(z.shape[1])
     numeric = z @ weights * (s4 / math.sqrt(max(float(weights @ weights), 1e-12)))
-    return {"first": first, "second": second, "third": third, "numeric": numeric}
+    return {"first": first, "second": second, "third": third, "numeric": numeric}, pairs + triples
 
 
 def _latent(ids: np.ndarray, field: int, seed: int, dim: int) -> list[np.ndarray]:

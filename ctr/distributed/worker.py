@@ -126,5 +126,4 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResul
     test = evaluate(dmp, batches("test"), gather_rows) if "test" in data else {}
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
-    del dmp, optimizer, model
     return WorkerResult(result, valid, test, plan, str(final), world_size, time.perf_counter() - start)

@@ -51,8 +51,7 @@ class Bundle:
 
     def score(self, rows: pl.DataFrame | list[dict]) -> np.ndarray:
         """CTR probabilities for raw rows (feature name → raw value), through the training transform."""
-        frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
-        cols = EncodedColumns.from_frame(self.transform.apply(frame), self.artifact.schema)
+        cols = EncodedColumns.from_frame(self.transform.apply(rows), self.artifact.schema)
         with torch.no_grad():
             batch = cols.batch(slice(0, len(cols)))
             return torch.sigmoid(self.model(batch.dense, batch.sparse)).numpy()

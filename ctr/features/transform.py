@@ -57,7 +57,10 @@ class FeatureTransform:
         checks = [unparseable_expr(f.column, dtypes[f.column]).alias(f"_bad_{f.name}")
                   for f in self.schema.numeric_fields]
         extra = self._label_and_group(dtypes) + ([pl.col(LINE)] if LINE in dtypes else [])
-        out = lf.select(exprs + extra + checks).collect()
+        try:
+            out = lf.select(exprs + extra + checks).collect()
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(f"cannot encode these rows: {str(exc).strip().splitlines()[0]}") from None
         self._raise_unparseable(out)
         return out.drop([c.meta.output_name() for c in checks] + ([LINE] if LINE in dtypes else []))
 

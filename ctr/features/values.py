@@ -66,5 +66,7 @@ def _text(value):
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        return [None if v is None else str(v) for v in value]
+        return [_text(v) for v in value]
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as polars casts a Boolean column to String
     return str(value)

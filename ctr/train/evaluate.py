@@ -23,8 +23,11 @@ def predict(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarra
             if batch.groups is not None:
                 groups.append(batch.groups.numpy())
     model.train(was_training)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
-    return cat(probs), cat(labels), (cat(groups) if groups else None)
+    return _cat(probs), _cat(labels), (_cat(groups) if groups else None)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[Batch], gather: Gather | None = None) -> dict[str, float]:

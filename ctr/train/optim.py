@@ -9,9 +9,9 @@ kernels support SGD, Adagrad and row-wise Adagrad (fused Adam asserts); a config
 from typing import Literal
 
 import torch
+import torchrec.optim as trec_optim
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-import torchrec.optim as trec_optim
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter

@@ -95,6 +95,6 @@ def test_cli_user_mistakes_exit_2_without_traceback(tiny_spec_file, tmp_path):
           "--set", "synthetic=null"], "nope.parquet"),
     ]
     for args, needle in cases:
-        proc = subprocess.run([str(ctr), *args], capture_output=True, text=True, cwd=tmp_path)
+        proc = subprocess.run([str(ctr), *args], capture_output=True, text=True, cwd=tmp_path, check=False)
         assert proc.returncode == 2, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr

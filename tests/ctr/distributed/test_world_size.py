@@ -18,7 +18,7 @@ def test_two_gloo_ranks_match_world_size_one(tiny_prepared, tmp_path):
     assert len(two) == 2
     a, b = np.array(one.fit.step_losses), np.array(two[0].fit.step_losses)
     assert len(a) == len(b) > 10
-    assert a[-5:].mean() < a[:5].mean()  # it learns
+    assert one.valid["auc"] > 0.55  # it learns
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
     # both ranks agree on the (gathered) validation metrics
     assert two[0].valid["auc"] == pytest.approx(two[1].valid["auc"], abs=1e-9)
