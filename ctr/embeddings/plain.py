@@ -1,6 +1,7 @@
 """Plain embedding: one table per sparse field (or per shared ``table``), numeric fields as value × vector."""
 
 import torch
+from pydantic import Field
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -14,10 +15,14 @@ class PlainEmbeddingConfig(StrictConfig):
     """Args:
         name (str): always ``plain``.
         init_std (float | None): embedding init scale (uniform with this std); ``None`` = TorchRec default.
+        l2 (float): in-batch L2 penalty ``l2 · mean_B Σ_F ‖e‖²`` on the looked-up sparse field vectors,
+            added to the loss. It reaches only rows used in the batch (through the fused backward), so
+            it stays sparse; FBGEMM's CPU row-wise Adagrad ignores its own ``weight_decay``.
     """
 
     name: str = "plain"
     init_std: float | None = 0.01
+    l2: float = Field(0.0, ge=0.0)
 
 
 class NumericFieldEmbedding(nn.Module):
@@ -71,10 +76,19 @@ class PlainEmbedding(FieldEmbedding):
             tables=table_configs(layout, dim, prefix=prefix, init_std=config.init_std), device=device)
         self.numeric = NumericFieldEmbedding(layout.num_numeric, dim, config.init_std or 0.01) \
             if layout.num_numeric else None
+        self.l2 = config.l2
+        self._penalty: torch.Tensor | None = None
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(sparse).to_dict()
         parts = [torch.stack([pooled[n] for n in self.sparse_names], dim=1)]  # [B, S, D]
+        if self.l2 > 0 and self.training:
+            self._penalty = self.l2 * parts[0].pow(2).sum(dim=(1, 2)).mean()
         if self.numeric is not None:
             parts.append(self.numeric(dense))  # [B, N, D]
         return torch.cat(parts, dim=1)
+
+    def regularizer(self) -> torch.Tensor | None:
+        """The L2 penalty of the last training forward (``None`` when ``l2`` is 0); consumed once."""
+        penalty, self._penalty = self._penalty, None
+        return penalty
