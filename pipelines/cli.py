@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from ctr.errors import CtrError
 
@@ -94,12 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging(verbose: bool) -> None:
+    """Our loggers at INFO; third-party chatter (FBGEMM logs on the root logger) only when ``-v``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("ctr").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "alembic", "mlflow"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torchrec|torch|mlflow)\..*")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         return args.fn(args)
     except CtrError as exc:
