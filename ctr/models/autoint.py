@@ -20,19 +20,18 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.config import StrictConfig
 from ctr.embeddings.base import FieldEmbedding
 from ctr.embeddings.tables import EmbeddingDim
 from ctr.models.layers.init import init_dense_
 from ctr.models.layers.linear import require_first_order
-from ctr.models.layers.mlp import MLP, Activation, MLPSpec
+from ctr.models.layers.mlp import MLP, DNNOptions
 
 Variant = Literal["reference", "paper"]
 PLUS_DNN_DEFAULT = (400, 400)  # the official AutoInt+ run script
 LAYER_NORM_EPS = 1e-8  # the official ``normalize`` helper
 
 
-class AutoIntConfig(StrictConfig):
+class AutoIntConfig(DNNOptions):
     """YAML ``model:`` section of AutoInt (``name: autoint``) and AutoInt+ (``name: autoint_plus``).
 
     Args:
@@ -62,9 +61,6 @@ class AutoIntConfig(StrictConfig):
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     use_wide: bool = False
     dnn_hidden: tuple[PositiveInt, ...] = ()
-    dnn_activation: Activation = "relu"
-    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    dnn_batchnorm: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -189,7 +185,7 @@ class AutoInt(nn.Module):
     def _dnn(embedding: FieldEmbedding, config: AutoIntConfig) -> MLP | None:
         if not config.dnn_hidden:
             return None
-        spec = MLPSpec(config.dnn_hidden, config.dnn_activation, config.dnn_dropout, config.dnn_batchnorm)
+        spec = config.mlp_spec()
         return MLP(embedding.num_fields * embedding.embedding_dim, spec, out_dim=1)
 
     def attention_logit(self, fields: torch.Tensor) -> torch.Tensor:

@@ -3,19 +3,17 @@
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.config import StrictConfig
 from ctr.embeddings.base import FieldEmbedding
 from ctr.embeddings.tables import EmbeddingDim
 from ctr.models.layers.interaction import FMInteraction
 from ctr.models.layers.linear import require_first_order
-from ctr.models.layers.mlp import MLP, Activation, MLPSpec
+from ctr.models.layers.mlp import MLP, DNNOptions
 
 
-class DeepFMConfig(StrictConfig):
+class DeepFMConfig(DNNOptions):
     """YAML ``model:`` section of DeepFM.
 
     Args:
@@ -29,10 +27,6 @@ class DeepFMConfig(StrictConfig):
 
     name: Literal["deepfm"] = "deepfm"
     embedding_dim: EmbeddingDim = 16
-    dnn_hidden: tuple[PositiveInt, ...] = (400, 400)
-    dnn_activation: Activation = "relu"
-    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    dnn_batchnorm: bool = False
 
 
 class DeepFM(nn.Module):
@@ -71,7 +65,7 @@ class DeepFM(nn.Module):
         self.embedding = embedding
         self.linear = require_first_order(first_order, "DeepFM")
         self.fm = FMInteraction()
-        spec = MLPSpec(config.dnn_hidden, config.dnn_activation, config.dnn_dropout, config.dnn_batchnorm)
+        spec = config.mlp_spec()
         self.mlp = MLP(embedding.num_fields * embedding.embedding_dim, spec, out_dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:

@@ -3,17 +3,15 @@
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.config import StrictConfig
 from ctr.embeddings.base import FieldEmbedding
 from ctr.embeddings.tables import EmbeddingDim
-from ctr.models.layers.mlp import MLP, Activation, MLPSpec
+from ctr.models.layers.mlp import MLP, DNNOptions
 
 
-class DNNConfig(StrictConfig):
+class DNNConfig(DNNOptions):
     """YAML ``model:`` section of DNN.
 
     Args:
@@ -27,10 +25,6 @@ class DNNConfig(StrictConfig):
 
     name: Literal["dnn"] = "dnn"
     embedding_dim: EmbeddingDim = 16
-    dnn_hidden: tuple[PositiveInt, ...] = (400, 400)
-    dnn_activation: Activation = "relu"
-    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    dnn_batchnorm: bool = False
 
 
 class DNN(nn.Module):
@@ -61,7 +55,7 @@ class DNN(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = embedding
-        spec = MLPSpec(config.dnn_hidden, config.dnn_activation, config.dnn_dropout, config.dnn_batchnorm)
+        spec = config.mlp_spec()
         self.mlp = MLP(embedding.num_fields * embedding.embedding_dim, spec, out_dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:

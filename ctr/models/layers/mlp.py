@@ -4,8 +4,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
 
+from ctr.config import StrictConfig
 from ctr.models.layers.init import init_dense_
 
 Activation = Literal["relu", "tanh", "sigmoid", "prelu"]
@@ -71,3 +73,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class DNNOptions(StrictConfig):
+    """The ``dnn_*`` keys shared by every model config that has an MLP tower.
+
+    Args:
+        dnn_hidden (tuple[int, ...]): hidden widths of the MLP.
+        dnn_activation (str): ``relu``, ``tanh``, ``sigmoid`` or ``prelu``.
+        dnn_dropout (float): dropout after each hidden layer.
+        dnn_batchnorm (bool): batch norm before each hidden activation.
+    """
+
+    dnn_hidden: tuple[PositiveInt, ...] = (400, 400)
+    dnn_activation: Activation = "relu"
+    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dnn_batchnorm: bool = False
+
+    def mlp_spec(self) -> MLPSpec:
+        return MLPSpec(self.dnn_hidden, self.dnn_activation, self.dnn_dropout, self.dnn_batchnorm)
