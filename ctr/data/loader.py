@@ -9,6 +9,7 @@ steps (collectives stay in lockstep).
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 from ctr.features.tensorize import Batch, EncodedColumns
 
@@ -24,6 +25,7 @@ class BatchIterator:
         rank (int): this process's rank.
         world_size (int): number of ranks.
         drop_last (bool): drop a final global batch smaller than ``batch_size``.
+        device (torch.device | None): move each batch there (``None``: leave it on the CPU).
 
     Example::
 
@@ -37,7 +39,8 @@ class BatchIterator:
     """
 
     def __init__(self, columns: EncodedColumns, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 device: torch.device | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -46,6 +49,7 @@ class BatchIterator:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
+        self.device = None if device is None or device.type == "cpu" else device
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (deterministic from ``seed`` and ``epoch``)."""
@@ -67,6 +71,7 @@ class BatchIterator:
         for rows in self.global_batches():
             local = np.array_split(rows, self.world_size)[self.rank]
             if self.shuffle or len(local) == 0:
-                yield self.columns.batch(local)
+                batch = self.columns.batch(local)
             else:
-                yield self.columns.batch(slice(int(local[0]), int(local[-1]) + 1))
+                batch = self.columns.batch(slice(int(local[0]), int(local[-1]) + 1))
+            yield batch if self.device is None else batch.to(self.device)

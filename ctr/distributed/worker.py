@@ -111,11 +111,11 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResul
     objective = Objective(collect_regularizers(model))
     data = {name: read_split(path, artifact) for name, path in job.splits.items()}
     train_it = BatchIterator(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed,
-                             rank=rank, world_size=world_size)
+                             rank=rank, world_size=world_size, device=device)
 
     def batches(split: str) -> BatchIterator:
         return BatchIterator(data[split], cfg.eval_batch_size, shuffle=False, seed=cfg.seed,
-                             rank=rank, world_size=world_size)
+                             rank=rank, world_size=world_size, device=device)
 
     best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best")
     report = on_report if rank == 0 else None

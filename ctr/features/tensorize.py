@@ -41,6 +41,13 @@ class Batch:
     def size(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch on ``device`` (returns ``self`` when already there)."""
+        if self.labels.device == device:
+            return self
+        groups = None if self.groups is None else self.groups.to(device)
+        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device), groups)
+
 
 class EncodedColumns:
     """Column arrays of an encoded split, held in memory; :meth:`batch` slices rows into a :class:`Batch`.

@@ -19,9 +19,9 @@ def predict(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarra
     with torch.no_grad():
         for batch in batches:
             probs.append(torch.sigmoid(model(batch.dense, batch.sparse)).float().cpu().numpy())
-            labels.append(batch.labels.numpy())
+            labels.append(batch.labels.cpu().numpy())
             if batch.groups is not None:
-                groups.append(batch.groups.numpy())
+                groups.append(batch.groups.cpu().numpy())
     model.train(was_training)
     return _cat(probs), _cat(labels), (_cat(groups) if groups else None)
 
