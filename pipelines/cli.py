@@ -104,7 +104,7 @@ def setup_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("ctr").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
-        for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "alembic", "mlflow"):
+        for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "torch.fx", "alembic", "mlflow"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"(torchrec|torch|mlflow)\..*")
