@@ -28,7 +28,8 @@ class TorchEmbeddingBags(FieldEmbedding):
         outs = []
         for name, table, mode in self.fields:
             jt = per_key[name]
-            out = nn.functional.embedding_bag(jt.values(), self.bags[table].weight, jt.offsets(), mode=mode)
+            out = nn.functional.embedding_bag(jt.values(), self.bags[table].weight, jt.offsets(), mode=mode,
+                                             include_last_offset=True)
             outs.append(out)
         parts = [torch.stack(outs, dim=1)]
         if self.numeric is not None:

@@ -5,6 +5,7 @@ config); each runs in its own subprocess so peak RSS is per variant. Prints a ta
 ratio and writes ``bench-results/train_throughput.{json,md}``.
 
     python -m benchmarks.train_throughput [--rows 300000] [--batch-size 2048] [--max-cardinality 1000000]
+                                          [--min-count 1]
 """
 
 import argparse
@@ -23,7 +24,8 @@ def _spec(args):
 
     sets = [f"synthetic.rows={args.rows}", f"synthetic.max_cardinality={args.max_cardinality}",
             f"data.train=.ctr_cache/synthetic/bench_{args.rows}_{args.max_cardinality}.parquet",
-            f"train.batch_size={args.batch_size}", "train.epochs=1", "train.progress=false"]
+            f"train.batch_size={args.batch_size}", "train.epochs=1", "train.progress=false",
+            f"features.min_count={args.min_count}"]
     return load_spec("pipelines/examples/synthetic.yaml", sets)
 
 
@@ -50,7 +52,8 @@ def run_plain(args) -> dict:
 
     from benchmarks.plain_torch import TorchEmbeddingBags
     from ctr.data.loader import BatchIterator
-    from ctr.distributed.worker import read_split, seed_everything
+    from ctr.data.prepare import load_split
+    from ctr.distributed.worker import seed_everything
     from ctr.models import MODELS
     from ctr.train.evaluate import evaluate
     from pipelines.stages import prepare as prepare_stage
@@ -63,7 +66,7 @@ def run_plain(args) -> dict:
     emb = TorchEmbeddingBags(layout, spec.model.embedding_dim)
     model = model_cls(emb, None, spec.model)
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.optimizer.lr)
-    train = read_split(str(prepared.split_paths["train"]), prepared.artifact)
+    train = load_split(prepared, "train")
     it = BatchIterator(train, spec.train.batch_size, shuffle=True, seed=spec.train.seed)
     it.set_epoch(0)
     rows, start = 0, time.perf_counter()
@@ -75,7 +78,7 @@ def run_plain(args) -> dict:
         opt.step()
         rows += batch.size
     seconds = time.perf_counter() - start
-    valid = read_split(str(prepared.split_paths["valid"]), prepared.artifact)
+    valid = load_split(prepared, "valid")
     m = evaluate(model, BatchIterator(valid, spec.train.eval_batch_size, shuffle=False, seed=0))
     return {"examples_per_s": rows / seconds, "epoch_seconds": seconds, "valid_auc": m["auc"],
             "valid_logloss": m["logloss"], "table_rows": sum(layout.table_sizes.values())}
@@ -98,7 +101,7 @@ def parent(args) -> None:
         results[variant] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     ratio = results["ctr"]["examples_per_s"] / results["plain"]["examples_per_s"]
     lines = [f"AutoInt+ training, synthetic Criteo-like, {args.rows} rows (80% train), batch {args.batch_size}, "
-             f"{results['ctr']['table_rows']} embedding rows x {16} dims, 1 epoch, CPU",
+             f"{results['ctr']['table_rows']} embedding rows x 16 dims (min_count {args.min_count}), 1 epoch, CPU",
              "", "| variant | train examples/s | epoch s | peak RSS MB | valid AUC | valid logloss |",
              "|---|---:|---:|---:|---:|---:|"]
     names = {"ctr": "ctr (TorchRec DMP + FBGEMM fused rowwise Adagrad)", "plain": "plain nn.EmbeddingBag + Adam"}
@@ -115,7 +118,7 @@ def parent(args) -> None:
 
 def _fwd(args) -> list[str]:
     return ["--rows", str(args.rows), "--batch-size", str(args.batch_size),
-            "--max-cardinality", str(args.max_cardinality)]
+            "--max-cardinality", str(args.max_cardinality), "--min-count", str(args.min_count)]
 
 
 def main() -> None:
@@ -123,6 +126,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=300_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--max-cardinality", type=int, default=1_000_000)
+    p.add_argument("--min-count", type=int, default=1, help="vocabulary min count (1 keeps every id: big tables)")
     p.add_argument("--variant", choices=["ctr", "plain", "prepare"])
     args = p.parse_args()
     if args.variant == "prepare":

@@ -182,5 +182,10 @@ def load_split(prepared: PreparedData, split: str) -> EncodedColumns:
     """Read one encoded split into memory as :class:`~ctr.features.tensorize.EncodedColumns`."""
     if split not in prepared.split_paths:
         raise DataError(f"unknown split {split!r}; prepared splits: {sorted(prepared.split_paths)}")
-    frame = pl.read_parquet(prepared.split_paths[split] / "*.parquet")
-    return EncodedColumns.from_frame(frame, prepared.artifact.schema)
+    return read_encoded(prepared.split_paths[split], prepared.artifact.schema)
+
+
+def read_encoded(path: str | Path, schema: Schema) -> EncodedColumns:
+    """Read an encoded split (a ``part-*.parquet`` folder or one Parquet file) into memory."""
+    p = Path(path)
+    return EncodedColumns.from_frame(pl.read_parquet(str(p / "*.parquet") if p.is_dir() else str(p)), schema)

@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 import torch.distributed as dist
 
 from ctr.data.loader import BatchIterator
+from ctr.data.prepare import read_encoded
 from ctr.distributed.env import destroy_process_group, init_process_group
 from ctr.distributed.sharding import ShardingConfig, gather_rows, mean_across_ranks, plan_text, shard_model
 from ctr.features.artifact import FeatureArtifact
-from ctr.features.tensorize import EncodedColumns
 from ctr.models import build_model
 from ctr.train import checkpoint
 from ctr.train.evaluate import evaluate
@@ -76,12 +75,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_split(path: str, artifact: FeatureArtifact) -> EncodedColumns:
-    p = Path(path)
-    source = str(p / "*.parquet") if p.is_dir() else str(p)
-    return EncodedColumns.from_frame(pl.read_parquet(source), artifact.schema)
-
-
 def run_worker(job: WorkerJob, rank: int = 0, world_size: int = 1, init_method: str | None = None,
                on_report: Callable[[dict], None] | None = None) -> WorkerResult:
     """Train, evaluate and checkpoint on this rank; returns the (rank-independent) result."""
@@ -109,7 +102,7 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResul
         log.info("sharding plan:\n%s", plan)
     optimizer = build_optimizer(dmp, cfg.optimizer, dmp.fused_optimizer if fused else None)
     objective = Objective(collect_regularizers(model))
-    data = {name: read_split(path, artifact) for name, path in job.splits.items()}
+    data = {name: read_encoded(path, artifact.schema) for name, path in job.splits.items()}
     train_it = BatchIterator(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed,
                              rank=rank, world_size=world_size, device=device)
 

@@ -29,7 +29,7 @@ def test_two_gloo_ranks_match_world_size_one(tiny_prepared, tmp_path):
 
 def test_checkpoint_from_two_ranks_loads_unsharded(tiny_prepared, tmp_path):
     from ctr.data.loader import BatchIterator
-    from ctr.distributed.worker import read_split
+    from ctr.data.prepare import load_split
     from ctr.export.bundle import model_from_checkpoint
     from ctr.train.evaluate import evaluate
 
@@ -37,6 +37,6 @@ def test_checkpoint_from_two_ranks_loads_unsharded(tiny_prepared, tmp_path):
     spec1 = spec.__class__(**{**spec.__dict__, "train": spec.train.model_copy(update={"epochs": 1})})
     res = launch_local(make_job(spec1, prepared, tmp_path / "ws2"), 2)[0]
     model = model_from_checkpoint(spec.model, spec.embedding, prepared.artifact, res.checkpoint_dir)
-    valid = read_split(str(prepared.split_paths["valid"]), prepared.artifact)
+    valid = load_split(prepared, "valid")
     metrics = evaluate(model, BatchIterator(valid, 1024, shuffle=False, seed=0))
     assert metrics["auc"] == pytest.approx(res.valid["auc"], abs=1e-6)

@@ -53,3 +53,16 @@ def test_table_init_is_deterministic_per_name_and_seed():
     assert not torch.equal(a, table_init("t", 7, 4, 0.1, seed=2))
     assert not torch.equal(a, table_init("s", 7, 4, 0.1, seed=1))
     assert a.abs().max() <= 0.1
+
+
+def test_bench_baseline_embedding_matches_torchrec_lookup():
+    """The benchmark's plain nn.EmbeddingBag baseline computes the same field vectors as PlainEmbedding."""
+    from benchmarks.plain_torch import TorchEmbeddingBags
+
+    ours = PlainEmbedding(LAYOUT, 4, PlainEmbeddingConfig())
+    base = TorchEmbeddingBags(LAYOUT, 4)
+    with torch.no_grad():
+        base.bags["u"].weight.copy_(ours.ebc.embedding_bags["u"].weight)
+        base.numeric.weight.copy_(ours.numeric.weight)
+    dense = torch.tensor([[2.0], [0.5]])
+    torch.testing.assert_close(base(dense, kjt()), ours(dense, kjt()))
