@@ -1,0 +1,1 @@
+"""gRPC scorer (a later issue): loads a registered bundle and scores raw rows."""
