@@ -19,10 +19,7 @@ class DeepFMConfig(DNNOptions):
     Args:
         name (str): ``deepfm``.
         embedding_dim (int): field vector width D (a multiple of 4).
-        dnn_hidden (tuple[int, ...]): hidden widths of the deep part.
-        dnn_activation (str): ``relu``, ``tanh``, ``sigmoid`` or ``prelu``.
-        dnn_dropout (float): dropout after each hidden layer.
-        dnn_batchnorm (bool): batch norm before each hidden activation.
+        dnn_* : the MLP options of :class:`~ctr.models.layers.mlp.DNNOptions`.
     """
 
     name: Literal["deepfm"] = "deepfm"

@@ -17,10 +17,7 @@ class DNNConfig(DNNOptions):
     Args:
         name (str): ``dnn``.
         embedding_dim (int): field vector width D (a multiple of 4).
-        dnn_hidden (tuple[int, ...]): hidden widths of the MLP.
-        dnn_activation (str): ``relu``, ``tanh``, ``sigmoid`` or ``prelu``.
-        dnn_dropout (float): dropout after each hidden layer.
-        dnn_batchnorm (bool): batch norm before each hidden activation.
+        dnn_* : the MLP options of :class:`~ctr.models.layers.mlp.DNNOptions`.
     """
 
     name: Literal["dnn"] = "dnn"
