@@ -1,4 +1,4 @@
-"""One training worker: build on ``meta`` → shard with DMP → ``ctr.train.loop.fit`` → test metrics → DCP.
+"""One training worker: build on ``meta`` → shard with DMP → ``ctr.train.loop.fit`` → best state restored → DCP.
 
 The same function runs in-process (world size 1, the default), under ``torch.multiprocessing``
 (tests), or inside a Ray Train worker (the runner injects its report callback). Everything it needs
@@ -41,7 +41,8 @@ class WorkerJob:
         train_cfg (TrainConfig): epochs, batch sizes, optimizers, early stopping.
         sharding_cfg (ShardingConfig): allowed sharding types.
         artifact_dir (str): fitted FeatureArtifact folder.
-        splits (dict[str, str]): split name → encoded Parquet file or folder (train, valid, test).
+        splits (dict[str, str]): split name → encoded Parquet file or folder (``train`` and ``valid``;
+            the test split is scored by the evaluate stage on the exported model).
         out_dir (str): folder shared by all ranks for checkpoints.
         device (str): ``cpu`` or ``cuda``.
     """
@@ -62,7 +63,6 @@ class WorkerResult:
 
     fit: FitResult
     valid: dict = field(default_factory=dict)
-    test: dict = field(default_factory=dict)
     plan: str = ""
     checkpoint_dir: str = ""
     world_size: int = 1
@@ -77,7 +77,7 @@ def seed_everything(seed: int) -> None:
 
 def run_worker(job: WorkerJob, rank: int = 0, world_size: int = 1, init_method: str | None = None,
                on_report: Callable[[dict], None] | None = None) -> WorkerResult:
-    """Train, evaluate and checkpoint on this rank; returns the (rank-independent) result."""
+    """Train, validate and checkpoint on this rank; returns the (rank-independent) result."""
     created = init_process_group(rank, world_size, init_method)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
@@ -116,7 +116,6 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResul
                  cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size)
     result.step_losses = mean_across_ranks(result.step_losses)
     valid = result.best or evaluate(dmp, batches("valid"), gather_rows)
-    test = evaluate(dmp, batches("test"), gather_rows) if "test" in data else {}
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
-    return WorkerResult(result, valid, test, plan, str(final), world_size, time.perf_counter() - start)
+    return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start)

@@ -22,17 +22,6 @@ def load(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def strip_wrappers(state: dict) -> dict:
-    """Drop DMP/DDP key prefixes so keys match the unwrapped module."""
-    out = {}
-    for k, v in state.items():
-        for prefix in ("_dmp_wrapped_module.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
 class BestCheckpointer:
     """Keeps the best state seen by the training loop in a DCP folder shared by all ranks.
 
