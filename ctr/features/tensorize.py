@@ -95,6 +95,26 @@ class EncodedColumns:
         groups = df.get_column(GROUP_COLUMN).to_numpy().astype(np.int64) if GROUP_COLUMN in df.columns else None
         return cls(schema, np.ascontiguousarray(ids), seqs, np.ascontiguousarray(dense), labels, groups)
 
+    @classmethod
+    def concat(cls, parts: list["EncodedColumns"]) -> "EncodedColumns":
+        """Rows of several encoded blocks (same schema) stacked in order, e.g. to micro-batch requests."""
+        if len(parts) == 1:
+            return parts[0]
+        schema = parts[0].schema
+        seqs = {}
+        for name in parts[0].seqs:
+            offsets, values, base = [np.zeros(1, dtype=np.int64)], [], 0
+            for p in parts:
+                off, val = p.seqs[name]
+                offsets.append(off[1:] + base)
+                values.append(val)
+                base += int(off[-1])
+            seqs[name] = (np.concatenate(offsets), np.concatenate(values))
+        groups = (None if any(p.groups is None for p in parts)
+                  else np.concatenate([p.groups for p in parts]))
+        return cls(schema, np.concatenate([p.ids for p in parts]), seqs,
+                   np.concatenate([p.dense for p in parts]), np.concatenate([p.labels for p in parts]), groups)
+
     def batch(self, rows: np.ndarray | slice) -> Batch:
         """Rows (an index array or a slice) → :class:`Batch` with KJT values laid out key-major."""
         ids = self.ids[rows]

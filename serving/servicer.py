@@ -1,0 +1,99 @@
+"""The ``ctr.scoring.v1.Scorer`` servicer: protobuf ↔ rows, ``CtrError.grpc_status`` → status code.
+
+Decoding rules (``protos/ctr/scoring/v1/scorer.proto``): each ``Value`` becomes the Python value
+of its set field (lists for the ``*_list`` kinds, ``None`` when no field is set). ``context``
+features are added to every example; a feature in both is an error. Everything about the values
+themselves (types per field kind, unknown or missing features) is checked by the scorer's
+:class:`~ctr.features.row_encoder.RowEncoder`. Logs carry the status and the field name, never
+request values.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from ctr.errors import CtrError, InvalidRequestError
+from serving._proto import scorer_pb2, scorer_pb2_grpc
+from serving.batcher import MicroBatcher
+from serving.metrics import ScorerMetrics
+from serving.model_store import ModelStore
+
+log = logging.getLogger("ctr.serving")
+_LISTS = ("int64_list", "double_list", "string_list")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Args:
+        max_examples (int): most examples per request (more → INVALID_ARGUMENT).
+    """
+
+    max_examples: int = 4096
+
+
+def decode_value(value: scorer_pb2.Value):
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind in _LISTS:
+        return list(getattr(value, kind).values)
+    return getattr(value, kind)
+
+
+def decode_request(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> list[dict]:
+    """Rows of raw values (context merged in); raises InvalidRequestError for empty/oversize requests."""
+    n = len(request.examples)
+    if n == 0:
+        raise InvalidRequestError("the request has no examples; send at least one in `examples`", field="examples")
+    if n > limits.max_examples:
+        raise InvalidRequestError(f"the request has {n} examples, more than the server's limit of "
+                                  f"{limits.max_examples}; split it", field="examples")
+    context = {k: decode_value(v) for k, v in request.context.features.items()}
+    rows = []
+    for i, example in enumerate(request.examples):
+        row = {k: decode_value(v) for k, v in example.features.items()}
+        if context:
+            both = context.keys() & row.keys()
+            if both:
+                name = sorted(both)[0]
+                raise InvalidRequestError(f"example {i}: feature {name!r} is given both in the context and in the "
+                                          "example; send it once", field=name, example=i)
+            row.update(context)
+        rows.append(row)
+    return rows
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
+    """Score: decode → scorer.encode (validation) → micro-batched model → response."""
+
+    def __init__(self, store: ModelStore, batcher: MicroBatcher, metrics: ScorerMetrics,
+                 limits: RequestLimits = RequestLimits()) -> None:
+        self.store, self.batcher, self.metrics, self.limits = store, batcher, metrics, limits
+
+    def Score(self, request, context):  # noqa: N802 - gRPC method name
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        scorer = self.store.current  # the version this request is answered by, even across a swap
+        try:
+            rows = decode_request(request, self.limits)
+            self.metrics.examples.observe(len(rows))
+            if request.model_name and request.model_name != scorer.version.name:
+                raise InvalidRequestError(f"this server serves {scorer.version.name!r}, not "
+                                          f"{request.model_name!r}", field="model_name")
+            cols = scorer.encode(rows)
+            probs = self.batcher.submit(scorer, cols, timeout=context.time_remaining())
+            return scorer_pb2.ScoreResponse(probabilities=probs.tolist(), model_name=scorer.version.name,
+                                            model_version=scorer.version.version)
+        except CtrError as exc:
+            code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
+            log.info("Score -> %s (field %s)", code.name, exc.context.get("field", "-"))
+            context.abort(code, str(exc))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("Score failed")
+            context.abort(code, "internal error while scoring; see the server log")
+        finally:
+            self.metrics.requests.labels(code.name).inc()
+            self.metrics.latency.observe(time.perf_counter() - start)
