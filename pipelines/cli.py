@@ -1,4 +1,4 @@
-"""``ctr`` command line: ``run``, ``models list|promote``, ``synth``.
+"""``ctr`` command line: ``run``, ``models list|show|promote``, ``synth``, ``serve``, ``score``.
 
 The only place environment variables are read (``MLFLOW_TRACKING_URI``). A :class:`ctr.errors.CtrError`
 becomes one line on stderr and exit status 2; no traceback for user mistakes.
@@ -31,11 +31,21 @@ def cmd_run(args) -> int:
             json.dump(summary, f, indent=2, default=str)
     test = summary["test"]
     print(f"model      {summary['model']} ({summary['embedding']} embedding, {summary['workers']} worker(s))")
-    print(f"test AUC   {test['auc']:.4f}")
+    print(f"test AUC   {test['auc']:.4f}" + _comparisons(summary))
     print(f"logloss    {test['logloss']:.4f}" + (f"   GAUC {test['gauc']:.4f}" if "gauc" in test else ""))
-    print(f"speed      {summary['train_examples_per_s']:.0f} train examples/s; best epoch {summary['best_epoch']}")
+    print(f"speed      {summary['train_examples_per_s']:.0f} train examples/s; best epoch {summary['best_epoch']}; "
+          f"{summary['seconds']:.0f}s in all")
     print(f"model URI  {summary['model_uri']}   (run {summary['run_id']})")
     return 0
+
+
+def _comparisons(summary: dict) -> str:
+    parts = []
+    if summary.get("baseline"):
+        parts.append(f"baseline {summary['baseline']['model']} {summary['baseline']['test']['auc']:.4f}")
+    if summary.get("oracle"):
+        parts.append(f"oracle (generator's true CTR) {summary['oracle']['test']['auc']:.4f}")
+    return f"   vs {', '.join(parts)} on the same test rows" if parts else ""
 
 
 def cmd_models_list(args) -> int:
@@ -45,9 +55,36 @@ def cmd_models_list(args) -> int:
     if not rows:
         print("no registered models")
         return 0
-    print(f"{'name':32} {'version':>7}  {'aliases':16} {'test_auc':>8}  run_id")
+    print(f"{'name':32} {'version':>7}  {'aliases':16} {'test_auc':>8} {'logloss':>8}  run_id")
     for r in rows:
-        print(f"{r.name:32} {r.version:>7}  {','.join(r.aliases) or '-':16} {r.test_auc or '-':>8}  {r.run_id}")
+        print(f"{r.name:32} {r.version:>7}  {','.join(r.aliases) or '-':16} {r.test_auc or '-':>8} "
+              f"{r.test_logloss or '-':>8}  {r.run_id}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from pipelines.registry import describe
+
+    d = describe(_tracking_uri(), args.ref)
+    print(f"model      {d['name']} version {d['version']}" + (f"  @{', @'.join(d['aliases'])}" if d["aliases"] else ""))
+    tags = d["tags"]
+    print(f"test       AUC {tags.get('test_auc', '-')}  logloss {tags.get('test_logloss', '-')}")
+    print(f"artifacts  {d['source']}")
+    run = d["run"]
+    if run:
+        took = f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "still running"
+        print(f"run        {run['id']} ({run['name']}, {run['status']}, {took}) by {run['user'] or '?'}")
+        print(f"source     {run['source']}" + (f" @ git {run['git_commit'][:12]}" if run["git_commit"] else ""))
+        if run["description"]:
+            print(f"about      {run['description']}")
+    print(f"features   hash {tags.get('feature_hash', '-')[:16]}  ({tags.get('feature_map', '-')})")
+    print(f"data       digest {tags.get('data_digest', '-')}")
+    for ds in d["datasets"]:
+        rows = (json.loads(ds["profile"]) if ds["profile"] else {}).get("num_rows", "?")
+        print(f"  {ds['context']:6} {ds['digest']}  {rows:>9} rows  {json.loads(ds['source']).get('uri', ds['source'])}")
+    if d["config"]:
+        print(f"config     ({tags.get('config', 'run artifact config.yaml')})")
+        print("  " + d["config"].rstrip().replace("\n", "\n  "))
     return 0
 
 
@@ -67,6 +104,27 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from serving.server import ServerSettings, serve
+
+    serve(ServerSettings(
+        model=args.model, tracking_uri=_tracking_uri(), host=args.host, port=args.port,
+        metrics_port=args.metrics_port, quant=args.quant, missing=args.missing, compile=args.compile,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_examples=args.max_examples,
+        workers=args.workers, torch_threads=args.threads, poll_seconds=args.poll_seconds,
+        grace_seconds=args.grace_seconds))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from serving.rows_file import score_file
+
+    n = score_file(args.addr, args.input, args.output, args.batch_size, args.timeout)
+    if args.output:
+        print(f"scored {n} rows -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctr", description="CTR training pipelines and model registry")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -81,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     ml = m.add_parser("list", help="list registered model versions")
     ml.add_argument("--name")
     ml.set_defaults(fn=cmd_models_list)
+    ms = m.add_parser("show", help="a version's lineage: run, data digests, config")
+    ms.add_argument("ref", metavar="NAME[/VERSION|@ALIAS]", help="registered model (latest version), a version or an alias")
+    ms.set_defaults(fn=cmd_models_show)
     mp = m.add_parser("promote", help="point an alias at a version")
     mp.add_argument("name")
     mp.add_argument("version")
@@ -92,6 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--max-cardinality", type=int, default=100_000)
     s.set_defaults(fn=cmd_synth)
+    sv = sub.add_parser("serve", help="serve a registered model over gRPC (quantized FBGEMM tables)")
+    sv.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=int, default=50051)
+    sv.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
+    sv.add_argument("--quant", choices=["int8", "int4", "fp16", "none"], default="int8")
+    sv.add_argument("--missing", choices=["error", "null"], default="error",
+                    help="an absent feature is an error (default) or a missing value")
+    sv.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch.compile the dense towers at load (default on; --no-compile starts faster)")
+    sv.add_argument("--max-batch", type=int, default=512, help="most rows per model call")
+    sv.add_argument("--max-wait-ms", type=float, default=0.0, help="micro-batching wait for more requests")
+    sv.add_argument("--max-examples", type=int, default=4096, help="most examples per request")
+    sv.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
+    sv.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sv.add_argument("--poll-seconds", type=float, default=10.0, help="alias poll interval (0: no hot reload)")
+    sv.add_argument("--grace-seconds", type=float, default=10.0, help="drain time for in-flight requests")
+    sv.set_defaults(fn=cmd_serve)
+    sc = sub.add_parser("score", help="score JSON-lines rows against a running scorer")
+    sc.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT of `ctr serve`")
+    sc.add_argument("--input", required=True, help="JSON lines: one object of raw feature values per line")
+    sc.add_argument("--output", help="write JSON lines {\"probability\": p} here (default: stdout)")
+    sc.add_argument("--batch-size", type=int, default=512)
+    sc.add_argument("--timeout", type=float, default=30.0, help="deadline per request, seconds")
+    sc.set_defaults(fn=cmd_score)
     return p
 
 

@@ -2,7 +2,9 @@
 
 Two layouts are accepted:
 
-* flat: top-level ``data``, ``features``, ``model``, ``embedding``, ``train``, ``distributed``, ``register``;
+* flat: top-level ``data``, ``features``, ``model``, ``embedding``, ``train``, ``distributed``, ``register``
+  (plus ``description:``, the MLflow run description, and ``baseline:``, a second ``model:`` section
+  trained and scored on the same splits for comparison, e.g. ``{name: lr}``);
 * ``base:`` defaults plus named ``experiments:`` (FuxiCTR style); each experiment is merged into
   ``base`` section by section and selected with ``--experiment`` (default: the only/first one).
 
@@ -26,7 +28,8 @@ from ctr.features.schema import Schema
 from ctr.models import parse_model_config
 from ctr.train.loop import TrainConfig
 
-SECTIONS = ("name", "synthetic", "data", "features", "model", "embedding", "train", "distributed", "register", "output")
+SECTIONS = ("name", "description", "synthetic", "data", "features", "model", "baseline", "embedding", "train",
+            "distributed", "register", "output")
 
 
 class DistributedConfig(StrictConfig):
@@ -93,6 +96,8 @@ class PipelineSpec:
     synthetic: SyntheticSpec | None
     raw: dict
     source: str
+    description: str = ""
+    baseline: Any = None
 
     @property
     def model_name(self) -> str:
@@ -189,4 +194,14 @@ def build_spec(raw: dict, name: str, source: str) -> PipelineSpec:
         synthetic=SyntheticSpec.parse(raw["synthetic"], "synthetic") if raw.get("synthetic") is not None else None,
         raw=raw,
         source=source,
+        description=_description(raw.get("description")),
+        baseline=parse_model_config(raw["baseline"], "baseline") if raw.get("baseline") is not None else None,
     )
+
+
+def _description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"expected text, got {type(value).__name__}", "description")
+    return value.strip()

@@ -14,6 +14,11 @@ Per-value parameters are never stored: ``w``, ``v`` and ``u`` come from splitmix
 (id, field, role, seed), so 10^7-value fields cost no memory. The bias is solved so that the
 positive rate is ``positive_rate``. Component scales give the interaction terms most of the signal,
 so a model that learns interactions beats logistic regression by a clear AUC margin.
+
+Files written by :func:`generate` also hold ``oracle_ctr``, the teacher's probability
+``sigmoid(logit)`` of each row: the best any model can do on this data. :func:`oracle_metrics`
+scores it on the same test split ``prepare`` carves, so a demo can print model vs oracle AUC.
+Pipelines never read it as a feature (the schema lists the inputs).
 """
 
 import logging
@@ -26,9 +31,12 @@ import numpy as np
 import polars as pl
 
 from ctr.config import StrictConfig
+from ctr.data.readers import DataConfig
+from ctr.data.split import split_frames
 
 log = logging.getLogger("ctr.data")
 MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+ORACLE_COLUMN = "oracle_ctr"
 
 
 class SyntheticConfig(StrictConfig):
@@ -81,6 +89,11 @@ class SyntheticData:
     @property
     def logit(self) -> np.ndarray:
         return self.bias + sum(self.parts.values())
+
+    @property
+    def probability(self) -> np.ndarray:
+        """The teacher's click probability of each row (the label was drawn from it)."""
+        return 1.0 / (1.0 + np.exp(-self.logit))
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -224,7 +237,7 @@ def generate(n_rows: int, path: str | Path, seed: int = 7, max_cardinality: int 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    data.frame.write_parquet(tmp)
+    data.frame.with_columns(pl.Series(ORACLE_COLUMN, data.probability)).write_parquet(tmp)
     tmp.replace(out)
     log.info("wrote %d synthetic rows to %s (positive rate %.3f)", n_rows, out, float(data.frame["label"].mean()))
     return out
@@ -237,3 +250,28 @@ def write_synthetic_if_missing(path: str | Path, n_rows: int, seed: int = 7, max
         log.info("synthetic data already at %s", out)
         return out
     return generate(n_rows, out, seed, max_cardinality)
+
+
+def oracle_test_split(data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and teacher probabilities (``oracle_ctr``) of the test split ``prepare`` uses.
+
+    The test file(s) when ``data.test`` is given, else the rows a ratio split carves out of the
+    (single) train file with the same seed. ``None`` when the data has no oracle column (not written
+    by :func:`generate`) or the split cannot be reproduced (column split, several train files, or a
+    format other than parquet).
+    """
+    test_files, train_files = data_cfg.files("test"), data_cfg.files("train") or []
+    if data_cfg.format != "parquet" or (test_files is None and (data_cfg.split.column or len(train_files) != 1)):
+        return None
+    wanted = ["label", ORACLE_COLUMN]
+    try:
+        if test_files is not None:
+            frame = pl.concat([pl.read_parquet(p, columns=wanted) for p in test_files])
+        else:
+            frames = {"train": pl.read_parquet(train_files[0], columns=wanted)}
+            if data_cfg.files("valid") is not None:  # only test is carved; its rows depend on train alone
+                frames["valid"] = frames["train"].head(0)
+            frame = split_frames(frames, data_cfg)["test"]
+    except (pl.exceptions.ColumnNotFoundError, pl.exceptions.SchemaError, OSError):
+        return None
+    return frame["label"].to_numpy(), frame[ORACLE_COLUMN].to_numpy()

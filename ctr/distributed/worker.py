@@ -76,18 +76,22 @@ def seed_everything(seed: int) -> None:
 
 
 def run_worker(job: WorkerJob, rank: int = 0, world_size: int = 1, init_method: str | None = None,
-               on_report: Callable[[dict], None] | None = None) -> WorkerResult:
-    """Train, validate and checkpoint on this rank; returns the (rank-independent) result."""
+               on_report: Callable[[dict], None] | None = None,
+               on_step: Callable[[int, float], None] | None = None) -> WorkerResult:
+    """Train, validate and checkpoint on this rank; returns the (rank-independent) result.
+
+    ``on_report`` (each epoch's record) and ``on_step`` (global step, loss) are called on rank 0 only.
+    """
     created = init_process_group(rank, world_size, init_method)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
-        return _train(job, rank, world_size, on_report)
+        return _train(job, rank, world_size, on_report, on_step)
     finally:
         if created:
             destroy_process_group()
 
 
-def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResult:
+def _train(job: WorkerJob, rank: int, world_size: int, on_report, on_step) -> WorkerResult:
     start = time.perf_counter()
     cfg, device = job.train_cfg, torch.device(job.device)
     seed_everything(cfg.seed)
@@ -111,9 +115,9 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report) -> WorkerResul
                              rank=rank, world_size=world_size, device=device)
 
     best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best")
-    report = on_report if rank == 0 else None
+    report, step = (on_report, on_step) if rank == 0 else (None, None)
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
-                 cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size)
+                 cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step)
     result.step_losses = mean_across_ranks(result.step_losses)
     valid = result.best or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"

@@ -79,8 +79,12 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new > old if metric == "auc" else new < old
 
 
+StepCallback = Callable[[int, float], None]
+
+
 def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
-                 desc: str, show: bool) -> tuple[list[float], int, float]:
+                 desc: str, show: bool, on_step: StepCallback | None = None,
+                 first_step: int = 0) -> tuple[list[float], int, float]:
     model.train()
     losses, rows = [], 0
     total = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
@@ -95,6 +99,8 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
         optimizer.step()
         losses.append(float(loss.detach()))
         rows += batch.size
+        if on_step is not None:
+            on_step(first_step + step + 1, losses[-1])
         bar.update(1)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -104,18 +110,22 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
 
 def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: Batches,
         validate: Callable[[], dict[str, float]], cfg: TrainConfig, checkpointer: Checkpointer | None = None,
-        on_report: Callable[[dict], None] | None = None, world_size: int = 1) -> FitResult:
+        on_report: Callable[[dict], None] | None = None, world_size: int = 1,
+        on_step: StepCallback | None = None) -> FitResult:
     """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
 
     ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
-    epoch's record (epoch, train_loss, valid_*, examples_per_s). ``world_size`` only scales the
-    throughput figure (each rank sees 1/world_size of every global batch).
+    epoch's record (epoch, train_loss, valid_*, examples_per_s) as soon as the epoch is validated;
+    ``on_step(global_step, loss)`` receives every training step's loss (this rank's). Both are plain
+    callables: the caller decides where the numbers go (MLflow, Ray reports, a queue).
+    ``world_size`` only scales the throughput figure (each rank sees 1/world_size of every global batch).
     """
     result, best_value, bad_epochs = FitResult(), None, 0
     for epoch in range(cfg.epochs):
         train_batches.set_epoch(epoch)
         losses, rows, seconds = _train_epoch(model, optimizer, objective, train_batches, cfg,
-                                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+                                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, on_step,
+                                             len(result.step_losses))
         metrics = validate()
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
                   "examples_per_s": rows * world_size / max(seconds, 1e-9), "epoch_seconds": seconds}

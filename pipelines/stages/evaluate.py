@@ -5,8 +5,10 @@ from pathlib import Path
 
 from ctr.data.loader import BatchIterator
 from ctr.data.prepare import PreparedData, load_split
+from ctr.data.synthetic import oracle_test_split
 from ctr.export.bundle import model_from_checkpoint
 from ctr.train.evaluate import evaluate
+from ctr.train.metrics import auc, logloss
 
 
 def run(spec, prepared: PreparedData, checkpoint_dir: str, run_dir: Path):
@@ -16,3 +18,14 @@ def run(spec, prepared: PreparedData, checkpoint_dir: str, run_dir: Path):
     metrics = evaluate(model, BatchIterator(test, spec.train.eval_batch_size, shuffle=False, seed=0))
     (run_dir / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2))
     return model, metrics
+
+
+def oracle(spec, prepared: PreparedData) -> dict[str, float] | None:
+    """Test AUC/logloss of the synthetic generator's teacher on the same test rows (``None`` if not synthetic)."""
+    if spec.synthetic is None:
+        return None
+    got = oracle_test_split(spec.data)
+    if got is None or len(got[0]) != prepared.rows.get("test"):
+        return None
+    labels, probs = got
+    return {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}

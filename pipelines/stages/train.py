@@ -23,10 +23,13 @@ def make_job(spec, prepared: PreparedData, run_dir: Path) -> WorkerJob:
     )
 
 
-def run(spec, prepared: PreparedData, run_dir: Path, on_report=None) -> WorkerResult:
+def run(spec, prepared: PreparedData, run_dir: Path, on_report=None, on_step=None) -> WorkerResult:
+    """Train; ``on_report(epoch record)`` / ``on_step(step, loss)`` are called live in this process
+    when training runs in it (``workers: 1``). Spawned ranks (``workers: N``) cannot call back into
+    the driver: their history arrives with the result (the Ray runner will route reports)."""
     job = make_job(spec, prepared, run_dir)
     workers = max(spec.distributed.workers, 1)
     log.info("training %s on %d worker(s)", spec.model.name, workers)
     if workers == 1:
-        return run_worker(job, on_report=on_report)
+        return run_worker(job, on_report=on_report, on_step=on_step)
     return launch_local(job, workers)[0]

@@ -28,10 +28,12 @@ print(json.dumps([float(x) for x in model.predict(rows)]))
 
 
 def _raw_rows(spec, n=50) -> pl.DataFrame:
+    """Raw rows typed as the model signature wants them (numeric fields as floats, categoricals as text)."""
     from ctr.data.readers import read_file
+    from pipelines.stages.register import typed_rows
 
     df = read_file(spec.data.train, spec.data, spec.features.raw_columns).head(n)
-    return df.select([f.column for f in spec.features.fields])
+    return pl.DataFrame(typed_rows(spec, df.select([f.column for f in spec.features.fields]).to_dicts()))
 
 
 def _predict_fresh_process(uri: str, model_uri: str, rows: pl.DataFrame, tmp: Path) -> np.ndarray:
