@@ -5,7 +5,15 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ctr.data.synthetic import SyntheticConfig, cardinalities, generate, sample, write_synthetic_if_missing
+from ctr.data.synthetic import (
+    ORACLE_COLUMN,
+    SyntheticConfig,
+    cardinalities,
+    generate,
+    oracle_test_split,
+    sample,
+    write_synthetic_if_missing,
+)
 
 N = 40_000
 
@@ -78,4 +86,26 @@ def test_generate_writes_parquet_once(tmp_path):
     write_synthetic_if_missing(path, 900, seed=3, max_cardinality=100)
     assert path.stat().st_mtime_ns == stamp
     small = generate(300, tmp_path / "x.parquet", 3, 50, SyntheticConfig(num_numeric=2, num_categorical=3))
-    assert pl.read_parquet(small).columns == ["label", "I1", "I2", "C1", "C2", "C3"]
+    written = pl.read_parquet(small)
+    assert written.columns == ["label", "I1", "I2", "C1", "C2", "C3", ORACLE_COLUMN]
+    truth = sample(300, 3, 50, SyntheticConfig(num_numeric=2, num_categorical=3))
+    np.testing.assert_array_equal(written[ORACLE_COLUMN].to_numpy(), truth.probability)
+    assert np.allclose(truth.probability, 1 / (1 + np.exp(-truth.logit)))
+
+
+def test_oracle_test_split_follows_the_pipeline_split(tmp_path):
+    from ctr.data.readers import DataConfig
+    from ctr.data.split import split_frames
+
+    path = generate(1000, tmp_path / "o.parquet", 5, 100)
+    cfg = DataConfig(format="parquet", train=str(path), split={"ratios": [0.8, 0.1, 0.1], "seed": 9})
+    labels, probs = oracle_test_split(cfg)
+    expected = split_frames({"train": pl.read_parquet(path)}, cfg)["test"]
+    np.testing.assert_array_equal(labels, expected["label"].to_numpy())
+    np.testing.assert_array_equal(probs, expected[ORACLE_COLUMN].to_numpy())
+    assert len(labels) == 100
+    given = DataConfig(format="parquet", train=str(path), test=str(path))
+    assert len(oracle_test_split(given)[0]) == 1000
+    sample(10, 1).frame.write_parquet(tmp_path / "plain.parquet")  # no oracle column
+    assert oracle_test_split(DataConfig(format="parquet", train=str(tmp_path / "plain.parquet"))) is None
+    assert oracle_test_split(DataConfig(format="csv", train="x.csv")) is None
