@@ -133,10 +133,7 @@ class ModelStore:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
             except MlflowException as exc:
                 raise CtrError(f"{uri}: cannot download the model ({_first_line(exc)})") from None
-            bundle_dir = Path(local) / "artifacts" / "bundle"
-            if not bundle_dir.is_dir():
-                raise ArtifactError(f"{uri} holds no ctr bundle (looked for artifacts/bundle)")
-            return self._scorer_from(bundle_dir, version, uri)
+            return self._scorer_from(_bundle_dir(Path(local), uri), version, uri)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # everything is in memory once loaded
 
@@ -194,6 +191,23 @@ class ModelStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _bundle_dir(model_dir: Path, uri: str) -> Path:
+    """The bundle folder inside a downloaded MLflow model: the pyfunc's ``bundle`` artifact (MLmodel)."""
+    import yaml
+
+    rel = "artifacts/bundle"
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+        artifacts = ((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        rel = (artifacts.get("bundle") or {}).get("path", rel)
+    bundle = model_dir / rel
+    if not (bundle / "manifest.json").is_file():
+        raise ArtifactError(f"{uri} holds no ctr bundle (looked for {rel}/manifest.json); register models "
+                            "with `ctr run`")
+    return bundle
 
 
 def _first_line(exc: BaseException) -> str:

@@ -60,3 +60,18 @@ def bundle_factory(tiny_prepared, raw_rows, tmp_path_factory):
         return cache[(model, seed)]
 
     return get
+
+
+PYFUNC_CODE = Path(__file__).resolve().parents[2] / "pipelines" / "mlflow_model.py"
+
+
+def register_bundle(tracking_uri: str, name: str, bundle_dir: Path) -> str:
+    """Log ``bundle_dir`` as a version of registered model ``name`` the way ``ctr run`` does; returns the version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
+                                       artifacts={"bundle": str(bundle_dir)}, registered_model_name=name,
+                                       pip_requirements=["ctr"])
+    return str(info.registered_model_version)
