@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import require_shared
+from tests.conftest import require_shared
 from ctr.data.readers import DataConfig, read_file
 from ctr.errors import InvalidRequestError
 from ctr.features.artifact import FeatureArtifact
@@ -63,7 +63,7 @@ def test_same_as_training_transform_small():
 def test_same_as_training_transform_on_shared_data(dataset):
     import yaml
 
-    from conftest import REPO
+    from tests.conftest import REPO
 
     example = {"criteo": "criteo_sample.yaml", "frappe": "frappe.yaml", "avazu": "avazu_sample.yaml"}[dataset]
     raw = yaml.safe_load((REPO / "pipelines" / "examples" / example).read_text())
