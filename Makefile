@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench contract clean
+.PHONY: install demo test lint bench bench-serving protos serve contract clean
 
 $(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.serving_latency
+
+bench-serving: $(STAMP)
+	$(BIN)/python -m benchmarks.serving_latency
+
+protos: $(STAMP)
+	$(BIN)/python -m serving.codegen
+
+# serve the demo's champion (after `make demo` and `ctr models promote ... --alias champion`)
+serve: $(STAMP)
+	$(BIN)/ctr serve --model models:/ctr-synthetic-autoint-plus@champion --metrics-port 9095
 
 contract: $(STAMP)
 	../shared/bin/check-contract

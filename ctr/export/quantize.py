@@ -54,7 +54,7 @@ def embedding_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the embedding tables of ``model`` (float or quantized, scale/bias included)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, EmbeddingBagCollection):
+        if isinstance(module, (EmbeddingBagCollection, torch.nn.EmbeddingBag)):
             total += sum(p.numel() * p.element_size() for p in module.parameters())
         elif isinstance(module, QuantEmbeddingBagCollection):
             total += sum(b.numel() * b.element_size() for name, b in module.named_buffers()
