@@ -7,9 +7,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench bench-serving protos serve contract clean
 
-$(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml
+$(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml protos/ctr/scoring/v1/scorer.proto
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m serving.codegen >/dev/null   # gRPC stubs from protos/ (tests/serving/test_codegen.py checks them)
 	touch $(STAMP)
 
 install: $(STAMP)
