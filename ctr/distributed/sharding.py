@@ -11,12 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from ctr.config import StrictConfig
 from ctr.embeddings.tables import table_bound, table_init
@@ -44,9 +45,23 @@ class AllTypesSharder(EmbeddingBagCollectionSharder):
         return super().sharding_types("cuda" if compute_device_type == "cpu" else compute_device_type)
 
 
-def table_configs_of(model: nn.Module) -> dict[str, EmbeddingBagConfig]:
+def table_configs_of(model: nn.Module) -> dict[str, EmbeddingBagConfig | EmbeddingConfig]:
     return {c.name: c for m in model.modules() if isinstance(m, EmbeddingBagCollection)
-            for c in m.embedding_bag_configs()}
+            for c in m.embedding_bag_configs()} | sequence_table_configs_of(model)
+
+
+def sequence_table_configs_of(model: nn.Module) -> dict[str, EmbeddingConfig]:
+    """Unpooled (``EmbeddingCollection``) tables: DIN histories sharing a table with the candidate."""
+    return {c.name: c for m in model.modules() if isinstance(m, EmbeddingCollection) for c in m.embedding_configs()}
+
+
+def _sharders(model: nn.Module, cfg: ShardingConfig) -> list:
+    """EBC sharder, plus the stock ``EmbeddingCollectionSharder`` when the model has EC tables
+    (on CPU the planner picks row_wise + fused for them, stack.md §9)."""
+    sharders: list = [AllTypesSharder() if set(cfg.types or []) & CPU_MISSING else EmbeddingBagCollectionSharder()]
+    if sequence_table_configs_of(model):
+        sharders.append(EmbeddingCollectionSharder())
+    return sharders
 
 
 def _constraints(tables: dict[str, EmbeddingBagConfig], cfg: ShardingConfig, fused: bool):
@@ -63,7 +78,7 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows."""
     tables = table_configs_of(model)
     world = dist.get_world_size()
-    sharders = [AllTypesSharder() if set(cfg.types or []) & CPU_MISSING else EmbeddingBagCollectionSharder()]
+    sharders = _sharders(model, cfg)
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type),
                                        constraints=_constraints(tables, cfg, fused))
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -72,12 +87,12 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     return dmp
 
 
-def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:
+def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig | EmbeddingConfig], seed: int) -> None:
     """Fill each local shard from the full deterministic table (identical at every world size)."""
     with torch.no_grad():
         for key, value in dmp.state_dict().items():
             parts = key.split(".")
-            if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in tables:
+            if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in tables:
                 continue
             cfg = tables[parts[-2]]
             full = table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)

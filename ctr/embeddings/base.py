@@ -4,9 +4,20 @@ A field embedding turns one batch's sparse ids (a KJT) and numeric values into o
 field, ``[B, F, D]`` with ``F = sparse fields + numeric fields`` in schema order. Models receive
 such a module and never look inside it, so OptFS gates, OptEmbed masks, DNIS weights or
 Unified Embedding's multiplexed tables replace :class:`~ctr.embeddings.plain.PlainEmbedding`
-without touching model code. Every table lives in a stock ``EmbeddingBagCollection`` so the stock
-TorchRec sharder distributes it.
+without touching model code. Pooled tables live in a stock ``EmbeddingBagCollection``; tables
+read by an unpooled behaviour history (``pooling: none``) live in a stock ``EmbeddingCollection``
+shared with the candidate's field, so stock TorchRec sharders distribute both.
+
+Behaviour histories (DIN). :meth:`FieldEmbedding.forward_sequences` returns :class:`SequenceFields`:
+the same ``[B, F, D]`` fields as ``forward`` (a history field's slot holds its masked mean, which is
+what pooling models such as DNN read) plus the unpooled history ``[B, S, L, D]`` of the ``S``
+aligned history fields (``history_names``) and its mask ``[B, L]``. A method applies its gates /
+masks / hashing to history ids exactly as to the candidate's ids, because both are lookups of the
+same shared table; padded positions are zeros that belong to no table row (no gradient reaches
+any row from padding). ``L`` is the schema's ``max_len`` (histories are left-truncated upstream).
 """
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -14,21 +25,43 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.layout import FieldLayout
 
-__all__ = ["FieldEmbedding", "FieldLayout"]
+__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields"]
+
+
+class SequenceFields(NamedTuple):
+    """Fields plus unpooled histories.
+
+    Args:
+        fields (torch.Tensor): ``[B, F, D]``, as ``FieldEmbedding.forward`` returns them.
+        history (torch.Tensor): ``[B, S, L, D]`` history vectors (zeros at padded positions).
+        mask (torch.Tensor): ``[B, L]`` bool, True where a position holds an event.
+    """
+
+    fields: torch.Tensor
+    history: torch.Tensor
+    mask: torch.Tensor
 
 
 class FieldEmbedding(nn.Module):
     """Base class: ``forward(dense [B, N], sparse KJT) -> [B, F, D]``.
 
-    Subclasses set ``num_fields`` and ``embedding_dim`` and may override :meth:`regularizer`
-    (a scalar added to the loss by ``ctr.train.objective``).
+    Subclasses set ``num_fields``, ``embedding_dim``, ``field_names`` (the ``F`` slots in order) and
+    ``history_names`` (the ``S`` unpooled history fields, empty when there are none); they implement
+    ``forward`` and, when they support histories, ``forward_sequences``. They may override
+    :meth:`regularizer` (a scalar added to the loss by ``ctr.train.objective``).
     """
 
     num_fields: int
     embedding_dim: int
+    field_names: list[str]
+    history_names: list[str] = []
+    candidate_names: list[str] = []  # per history field, the categorical field sharing its table
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} does not provide unpooled histories")
 
     def regularizer(self) -> torch.Tensor | None:
         return None

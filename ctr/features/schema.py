@@ -36,8 +36,12 @@ class FeatureSpec(StrictConfig):
         transform (str): numeric only: ``none``, ``log_square`` (v > 2 → floor(ln(v)²)) or ``standardize``.
         fill_value (float): numeric only: value used when missing.
         separator (str): sequence only: token separator in string columns.
-        max_len (int): sequence only: keep at most the last ``max_len`` tokens.
-        pooling (str): sequence only: ``mean`` or ``sum``.
+        max_len (int): sequence only: keep at most the last ``max_len`` tokens (left-truncation: the
+            most recent events of a behaviour history survive).
+        pooling (str): sequence only: ``mean`` or ``sum`` (pooled into one field vector), or ``none``:
+            kept unpooled as a ``[B, L, D]`` history with a mask (DIN); its table is then an
+            ``EmbeddingCollection`` shared with the categorical fields naming the same ``table``,
+            and models that want one vector per field get its masked mean.
     """
 
     name: str
@@ -49,7 +53,7 @@ class FeatureSpec(StrictConfig):
     fill_value: float = 0.0
     separator: str = "|"
     max_len: int = 50
-    pooling: Literal["mean", "sum"] = "mean"
+    pooling: Literal["mean", "sum", "none"] = "mean"
 
     @property
     def column(self) -> str:
@@ -69,6 +73,8 @@ class FeatureSpec(StrictConfig):
             raise ValueError(f"numeric field {self.name!r} cannot name an embedding table")
         if self.min_count is not None and self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        if self.pooling == "none" and self.kind != "sequence":
+            raise ValueError(f"pooling: none applies to sequence fields only, not to {self.kind} field {self.name!r}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         return self
@@ -108,6 +114,11 @@ class Schema(StrictConfig):
     @property
     def numeric_fields(self) -> list[FeatureSpec]:
         return [f for f in self.fields if f.kind == "numeric"]
+
+    @property
+    def history_fields(self) -> list[FeatureSpec]:
+        """Unpooled sequence fields (``pooling: none``), in schema order: the aligned behaviour history."""
+        return [f for f in self.fields if f.kind == "sequence" and f.pooling == "none"]
 
     @property
     def tables(self) -> dict[str, list[FeatureSpec]]:

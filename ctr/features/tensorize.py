@@ -140,14 +140,22 @@ class EncodedColumns:
 
 
 def _take_ragged(offsets: np.ndarray, values: np.ndarray, rows, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values and lengths of ``rows`` of a ragged column (offsets ``[N+1]``, values ``[nnz]``), vectorised.
+
+    Output position ``k`` of row ``r`` reads ``values[starts[r] + k]``: one ``np.repeat`` of each row's
+    shift ``starts[r] - out_start[r]`` plus an ``arange`` over the output, no Python loop over rows.
+    """
     if isinstance(rows, slice):
         start, stop, step = rows.indices(n)
         if step == 1:
             return values[offsets[start]:offsets[stop]], np.diff(offsets[start:stop + 1])
         rows = np.arange(start, stop, step)
-    starts, ends = offsets[rows], offsets[rows + 1]
-    lengths = ends - starts
-    if lengths.sum() == 0:
-        return np.zeros(0, dtype=np.int64), lengths
-    idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=values.dtype), lengths
+    out_start = np.cumsum(lengths) - lengths
+    idx = np.arange(total, dtype=np.int64) + np.repeat(starts - out_start, lengths)
     return values[idx], lengths

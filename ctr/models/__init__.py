@@ -14,6 +14,7 @@ from ctr.embeddings.base import FieldLayout
 from ctr.errors import ConfigError
 from ctr.models.autoint import AutoInt, AutoIntConfig
 from ctr.models.deepfm import DeepFM, DeepFMConfig
+from ctr.models.din import DIN, DINConfig
 from ctr.models.dnn import DNN, DNNConfig
 from ctr.models.fm import FM, FMConfig
 from ctr.models.layers.linear import first_order_embedding
@@ -26,6 +27,7 @@ MODELS: dict[str, tuple[type[StrictConfig], type[nn.Module]]] = {
     "deepfm": (DeepFMConfig, DeepFM),
     "autoint": (AutoIntConfig, AutoInt),
     "autoint_plus": (AutoIntConfig, AutoInt),
+    "din": (DINConfig, DIN),
 }
 
 
@@ -70,5 +72,5 @@ def build_model(model_cfg: StrictConfig, layout: FieldLayout, embedding_cfg: Str
 
 __all__ = [
     "MODELS", "LR", "LRConfig", "FM", "FMConfig", "DNN", "DNNConfig", "DeepFM", "DeepFMConfig",
-    "AutoInt", "AutoIntConfig", "build_model", "needs_first_order", "parse_model_config",
+    "AutoInt", "AutoIntConfig", "DIN", "DINConfig", "build_model", "needs_first_order", "parse_model_config",
 ]

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 import torchrec.optim as trec_optim
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -46,7 +46,8 @@ def tables_fused(cfg: OptimConfig, device: torch.device) -> bool:
 
 
 def table_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in model.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
+    tables = (EmbeddingBagCollection, EmbeddingCollection)  # EC: unpooled history tables (DIN)
+    return [p for m in model.modules() if isinstance(m, tables) for p in m.parameters()]
 
 
 def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
@@ -75,7 +76,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: KeyedOptimizer | 
     ``sparse_lr`` with ``torch.optim.Adam``; the rest get ``cfg.dense`` at ``cfg.lr``.
     """
     params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    tables = {k: v for k, v in params.items() if "embedding_bags" in k}
+    tables = {k: v for k, v in params.items() if "embedding_bags" in k or ".ec.embeddings." in k}
     dense = {k: v for k, v in params.items() if k not in tables}
     parts: list[KeyedOptimizer] = [] if fused is None else [fused]
     if dense:
