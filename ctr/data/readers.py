@@ -15,6 +15,7 @@ from pydantic import field_validator, model_validator
 
 from ctr.config import StrictConfig
 from ctr.data.badrows import BadRow, BadRowPolicy, Decision, ReadReport
+from ctr.data.events import EventsConfig, din_samples
 from ctr.data.textfmt import BAD, LINE, LineFormat, diagnose, first_line, line_text, parse_lines
 from ctr.errors import DataError
 
@@ -87,9 +88,12 @@ class DataConfig(StrictConfig):
         cache_dir (str): where prepared (encoded) data is cached.
         avazu_time_features (bool): avazu: ``hour`` becomes the hour of day and ``weekday`` and
             ``is_weekend`` are added.
+        events (EventsConfig | None): ``format: events``: ``train`` is an event log turned into DIN
+            samples (histories, label rule, sampled negatives, per-user time split in column
+            ``split``) by :mod:`ctr.data.events`.
     """
 
-    format: Literal["criteo", "avazu", "libfm", "csv", "parquet"]
+    format: Literal["criteo", "avazu", "libfm", "csv", "parquet", "events"]
     train: str | list[str]
     valid: str | list[str] | None = None
     test: str | list[str] | None = None
@@ -100,9 +104,12 @@ class DataConfig(StrictConfig):
     columns: list[str] | None = None
     cache_dir: str = ".ctr_cache"
     avazu_time_features: bool = True
+    events: EventsConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
+        if (self.format == "events") != (self.events is not None):
+            raise ValueError("format: events needs an events: section (and events: needs format: events)")
         if self.format == "csv" and not self.has_header and not self.columns:
             raise ValueError("csv without a header (has_header: false) needs columns: [names ...]")
         if self.columns is not None and len(set(self.columns)) != len(self.columns):
@@ -159,6 +166,10 @@ def read_source(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str]
         where = "" if Path(path).is_absolute() else f" (resolved against {Path.cwd()})"
         raise DataError(f"file not found{where}; check the data section of the pipeline", file=path)
     label = label if label is not None else DEFAULT_LABEL.get(cfg.format)
+    if cfg.format == "events":
+        frame = din_samples(cfg.events, path)
+        wanted = _wanted(path, wanted_columns, frame.columns)
+        return frame.select(*wanted, *([LINE] if LINE not in wanted else [])), ReadReport(path, frame.height)
     if cfg.format == "parquet":
         return _read_parquet(path, cfg, wanted_columns, label, numeric)
     fmt = _line_format(path, cfg, label)

@@ -29,7 +29,8 @@ class DINConfig(StrictConfig):
     Args:
         name (str): ``din``.
         embedding_dim (int): vector width D (a multiple of 4).
-        activation (str): ``dice`` or ``prelu`` in the attention MLP and the tower.
+        dnn_activation (str): ``dice`` or ``prelu``, in the attention MLP and the tower (the same key as
+            DNN's, so ``--set model.name=dnn`` turns a PReLU DIN section into the pooled baseline).
         attention_hidden (tuple[int, ...]): scoring MLP widths (official code 80, 40).
         attention_softmax (bool): masked softmax over the history weights (paper: off).
         dnn_hidden (tuple[int, ...]): tower widths (paper 200, 80).
@@ -38,7 +39,7 @@ class DINConfig(StrictConfig):
 
     name: Literal["din"] = "din"
     embedding_dim: EmbeddingDim = 16
-    activation: DinActivation = "prelu"
+    dnn_activation: DinActivation = "prelu"
     attention_hidden: tuple[PositiveInt, ...] = (80, 40)
     attention_softmax: bool = False
     dnn_hidden: tuple[PositiveInt, ...] = (200, 80)
@@ -80,9 +81,9 @@ class DIN(nn.Module):
         self.cand_idx = [names.index(n) for n in embedding.candidate_names]
         self.other_idx = [i for i, n in enumerate(names) if n not in embedding.history_names]
         d, s = embedding.embedding_dim, len(embedding.history_names)
-        self.attention = LocalActivationUnit(s * d, config.attention_hidden, config.activation,
+        self.attention = LocalActivationUnit(s * d, config.attention_hidden, config.dnn_activation,
                                              config.attention_softmax)
-        self.tower = tower((len(self.other_idx) + s) * d, config.dnn_hidden, config.activation, config.dnn_dropout)
+        self.tower = tower((len(self.other_idx) + s) * d, config.dnn_hidden, config.dnn_activation, config.dnn_dropout)
         init_dense_(self)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
