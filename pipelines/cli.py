@@ -112,14 +112,17 @@ def cmd_serve(args) -> int:
         metrics_port=args.metrics_port, quant=args.quant, missing=args.missing, compile=args.compile,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_examples=args.max_examples,
         workers=args.workers, torch_threads=args.threads, poll_seconds=args.poll_seconds,
-        grace_seconds=args.grace_seconds))
+        grace_seconds=args.grace_seconds, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        request_timeout_s=args.request_timeout, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca))
     return 0
 
 
 def cmd_score(args) -> int:
     from serving.rows_file import score_file
 
-    n = score_file(args.addr, args.input, args.output, args.batch_size, args.timeout)
+    n = score_file(args.addr, args.input, args.output, args.batch_size, args.timeout,
+                   tls={"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key})
     if args.output:
         print(f"scored {n} rows -> {args.output}", file=sys.stderr)
     return 0
@@ -170,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     sv.add_argument("--poll-seconds", type=float, default=10.0, help="alias poll interval (0: no hot reload)")
     sv.add_argument("--grace-seconds", type=float, default=10.0, help="drain time for in-flight requests")
+    sv.add_argument("--max-concurrent-rpcs", type=int, default=128,
+                    help="requests admitted at once (more: RESOURCE_EXHAUSTED)")
+    sv.add_argument("--request-timeout", type=float, default=10.0, help="longest a request may take, seconds")
+    sv.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS (with --tls-key)")
+    sv.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sv.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates it signed (mutual TLS)")
     sv.set_defaults(fn=cmd_serve)
     sc = sub.add_parser("score", help="score JSON-lines rows against a running scorer")
     sc.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT of `ctr serve`")
@@ -177,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", help="write JSON lines {\"probability\": p} here (default: stdout)")
     sc.add_argument("--batch-size", type=int, default=512)
     sc.add_argument("--timeout", type=float, default=30.0, help="deadline per request, seconds")
+    sc.add_argument("--tls-ca", help="PEM CA that signed the server's certificate (enables TLS)")
+    sc.add_argument("--tls-cert", help="PEM client certificate (servers with mutual TLS)")
+    sc.add_argument("--tls-key", help="PEM private key of --tls-cert")
     sc.set_defaults(fn=cmd_score)
     return p
 

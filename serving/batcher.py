@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ctr.errors import CtrError
+from ctr.errors import CtrError, InvalidRequestError
 from ctr.features.tensorize import EncodedColumns
 from serving.scorer import Scorer
 
@@ -119,6 +119,11 @@ class MicroBatcher:
             for item in group:
                 item.result = probs[start:start + item.n]
                 start += item.n
+                if not np.isfinite(item.result).all():  # e.g. 1e308 in a numeric field without a transform
+                    bad = int(np.flatnonzero(~np.isfinite(item.result))[0])
+                    item.error = InvalidRequestError(f"example {bad}: the score is not finite; a numeric feature "
+                                                     "value is out of the range this model can take",
+                                                     example=bad)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             log.exception("model call failed for a batch of %d rows", rows)
             for item in group:

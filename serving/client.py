@@ -9,12 +9,23 @@ Example::
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ctr.errors import CtrError
 from serving._proto import scorer_pb2, scorer_pb2_grpc
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CtrError(f"{path}: cannot read the TLS file ({exc.strerror})") from None
 
 
 @dataclass
@@ -57,12 +68,22 @@ def build_request(rows: Iterable[Mapping], context: Mapping | None = None,
 
 
 class ScorerClient:
-    """Blocking client; ``timeout`` is each call's deadline in seconds."""
+    """Blocking client; ``timeout`` is each call's deadline in seconds.
 
-    def __init__(self, address: str, timeout: float = 10.0, max_message_mb: int = 16) -> None:
+    TLS: ``tls_ca`` (PEM file of the CA that signed the server's certificate) switches to a secure
+    channel; ``tls_cert``/``tls_key`` add a client certificate for servers that require mutual TLS.
+    """
+
+    def __init__(self, address: str, timeout: float = 10.0, max_message_mb: int = 16, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
         opts = [("grpc.max_receive_message_length", max_message_mb << 20),
                 ("grpc.max_send_message_length", max_message_mb << 20)]
-        self.channel = grpc.insecure_channel(address, options=opts)
+        if tls_ca or tls_cert or tls_key:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert))
+            self.channel = grpc.secure_channel(address, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(address, options=opts)
         self.stub = scorer_pb2_grpc.ScorerStub(self.channel)
         self.timeout = timeout
 

@@ -37,12 +37,15 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def score_file(addr: str, input_path: str, output_path: str | None, batch_size: int = 512,
-               timeout: float = 30.0) -> int:
-    """Score every row of ``input_path``; returns the number of rows scored."""
+               timeout: float = 30.0, tls: dict | None = None) -> int:
+    """Score every row of ``input_path``; returns the number of rows scored.
+
+    ``tls``: ``tls_ca`` / ``tls_cert`` / ``tls_key`` file paths for :class:`~serving.client.ScorerClient`.
+    """
     out = open(output_path, "w") if output_path else sys.stdout  # noqa: SIM115 - closed below
     count = 0
     try:
-        with ScorerClient(addr, timeout=timeout) as client:
+        with ScorerClient(addr, timeout=timeout, **(tls or {})) as client:
             batch: list[tuple[int, dict]] = []
             for item in read_rows(input_path):
                 batch.append(item)

@@ -4,6 +4,7 @@
 Tests and benchmarks start a :class:`ScoringServer` in-process on port 0.
 """
 
+import ipaddress
 import json
 import logging
 import signal
@@ -11,21 +12,23 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving._proto import scorer_pb2, scorer_pb2_grpc
+from ctr.errors import CtrError
 from serving.batcher import MicroBatcher
 from serving.metrics import ScorerMetrics
 from serving.model_store import ModelStore
 from serving.scorer import Scorer
+from serving.servicer import SERVICE_NAME as SCORER_SERVICE
 from serving.servicer import RequestLimits, ScorerServicer
 
 log = logging.getLogger("ctr.serving")
-SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
+SERVICE_NAME = SCORER_SERVICE
 
 
 @dataclass
@@ -49,6 +52,11 @@ class ServerSettings:
         torch_threads (int | None): intra-op threads of the model (``None`` = torch default).
         poll_seconds (float): alias poll interval (0 = no hot reload).
         grace_seconds (float): how long a stop waits for in-flight requests.
+        max_concurrent_rpcs (int): requests admitted at once; more are refused with RESOURCE_EXHAUSTED.
+        request_timeout_s (float): longest a request may take; a client deadline beyond it (or none) is capped.
+        tls_cert (str | None): PEM certificate chain of the server (enables TLS, with ``tls_key``).
+        tls_key (str | None): PEM private key of the server.
+        tls_client_ca (str | None): PEM CA bundle; clients must present a certificate it signed (mutual TLS).
     """
 
     model: str
@@ -67,6 +75,11 @@ class ServerSettings:
     torch_threads: int | None = None
     poll_seconds: float = 10.0
     grace_seconds: float = 10.0
+    max_concurrent_rpcs: int = 128
+    request_timeout_s: float = 10.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
 
 class ScoringServer:
@@ -108,15 +121,22 @@ class ScoringServer:
         opts = [("grpc.max_receive_message_length", s.max_message_mb << 20),
                 ("grpc.max_send_message_length", s.max_message_mb << 20),
                 ("grpc.so_reuseport", 0)]
+        credentials = server_credentials(s)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="ctr-grpc"),
-                             options=opts, maximum_concurrent_rpcs=s.workers * 8)
-        scorer_pb2_grpc.add_ScorerServicer_to_server(
-            ScorerServicer(self.store, self.batcher, self.metrics, RequestLimits(s.max_examples)), server)
+                             options=opts, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        servicer = ScorerServicer(self.store, self.batcher, self.metrics,
+                                  RequestLimits(s.max_examples, s.request_timeout_s))
+        server.add_generic_rpc_handlers((servicer.rpc_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        self.port = (server.add_secure_port(address, credentials) if credentials is not None
+                     else server.add_insecure_port(address))
+        if credentials is None and not _is_loopback(s.host):
+            log.warning("serving PLAINTEXT gRPC on %s, which is not a loopback address: anyone who can reach it "
+                        "can read requests and scores; pass --tls-cert/--tls-key (and --tls-client-ca)", address)
         if not self.port:
             raise OSError(f"cannot bind {s.host}:{s.port}")
         server.start()
@@ -128,6 +148,7 @@ class ScoringServer:
         if self._fixed_scorer is None:
             self.store.start_polling(s.poll_seconds)
         _event("serving", address=f"{s.host}:{self.port}", metrics_port=self.metrics_port,
+               tls="mutual" if s.tls_client_ca else "server" if credentials is not None else "off",
                model=s.model, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms)
         return self
 
@@ -165,6 +186,34 @@ def serve(settings: ServerSettings) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server.wait()
+
+
+def server_credentials(s: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (``None`` for plaintext); CtrError names a bad file."""
+    if not (s.tls_cert or s.tls_key or s.tls_client_ca):
+        return None
+    if not (s.tls_cert and s.tls_key):
+        raise CtrError("TLS needs both --tls-cert and --tls-key (--tls-client-ca adds client authentication)")
+    key, cert = _read_pem(s.tls_key, "--tls-key"), _read_pem(s.tls_cert, "--tls-cert")
+    ca = _read_pem(s.tls_client_ca, "--tls-client-ca") if s.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _read_pem(path: str, flag: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise CtrError(f"{flag} {path}: file not found")
+    data = p.read_bytes()
+    if b"-----BEGIN" not in data:
+        raise CtrError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _event(event: str, **fields) -> None:

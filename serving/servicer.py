@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ctr.errors import CtrError, InvalidRequestError
 from serving._proto import scorer_pb2, scorer_pb2_grpc
@@ -21,6 +22,7 @@ from serving.metrics import ScorerMetrics
 from serving.model_store import ModelStore
 
 log = logging.getLogger("ctr.serving")
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 _LISTS = ("int64_list", "double_list", "string_list")
 
 
@@ -28,9 +30,22 @@ _LISTS = ("int64_list", "double_list", "string_list")
 class RequestLimits:
     """Args:
         max_examples (int): most examples per request (more → INVALID_ARGUMENT).
+        timeout_s (float): longest a request may take, whatever deadline the client set (or none).
     """
 
     max_examples: int = 4096
+    timeout_s: float = 10.0
+
+
+def parse_request(data) -> scorer_pb2.ScoreRequest:
+    """Raw request bytes (or an already parsed message) → ScoreRequest; InvalidRequestError if unparseable."""
+    if isinstance(data, scorer_pb2.ScoreRequest):
+        return data
+    try:
+        return scorer_pb2.ScoreRequest.FromString(data)
+    except DecodeError:
+        raise InvalidRequestError("the request is not a valid ctr.scoring.v1.ScoreRequest (bad wire format or "
+                                  "a string that is not UTF-8)", field="request") from None
 
 
 def decode_value(value: scorer_pb2.Value):
@@ -66,24 +81,37 @@ def decode_request(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> l
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
-    """Score: decode → scorer.encode (validation) → micro-batched model → response."""
+    """Score: parse → decode → scorer.encode (validation) → micro-batched model → response.
+
+    Registered through :meth:`rpc_handler`, which hands the servicer the request's raw bytes so
+    that a message protobuf cannot parse (bad wire format, invalid UTF-8 in a string) is answered
+    with INVALID_ARGUMENT rather than grpc's generic INTERNAL deserialisation failure.
+    """
 
     def __init__(self, store: ModelStore, batcher: MicroBatcher, metrics: ScorerMetrics,
                  limits: RequestLimits = RequestLimits()) -> None:
         self.store, self.batcher, self.metrics, self.limits = store, batcher, metrics, limits
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(
+            self.Score, request_deserializer=None, response_serializer=scorer_pb2.ScoreResponse.SerializeToString)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Score": method})
 
     def Score(self, request, context):  # noqa: N802 - gRPC method name
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         scorer = self.store.current  # the version this request is answered by, even across a swap
         try:
+            request = parse_request(request)
             rows = decode_request(request, self.limits)
             self.metrics.examples.observe(len(rows))
             if request.model_name and request.model_name != scorer.version.name:
                 raise InvalidRequestError(f"this server serves {scorer.version.name!r}, not "
                                           f"{request.model_name!r}", field="model_name")
             cols = scorer.encode(rows)
-            probs = self.batcher.submit(scorer, cols, timeout=context.time_remaining())
+            remaining = context.time_remaining()
+            timeout = self.limits.timeout_s if remaining is None else min(remaining, self.limits.timeout_s)
+            probs = self.batcher.submit(scorer, cols, timeout=timeout)
             return scorer_pb2.ScoreResponse(probabilities=probs.tolist(), model_name=scorer.version.name,
                                             model_version=scorer.version.version)
         except CtrError as exc:

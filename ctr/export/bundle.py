@@ -7,7 +7,7 @@ Layout::
     model.pt        the unsharded model's state dict (loaded with ``weights_only=True``)
     features/       the FeatureArtifact fitted on train (vocabularies, numeric stats, schema)
 
-:func:`load_bundle` rebuilds the model from the registry, refuses a bundle whose feature hash or
+:func:`load_bundle` rebuilds the model from the registry, refuses a bundle whose library versions, feature hash or
 format does not match, and checks that the example request still gives the recorded scores.
 """
 
@@ -32,6 +32,7 @@ from ctr.train import checkpoint
 
 FORMAT = "ctr-bundle/1"
 EXAMPLE_TOLERANCE = 1e-5
+STACK_KEYS = ("torch", "torchrec", "fbgemm-gpu-cpu")  # the libraries whose kernels and layouts a bundle depends on
 
 
 @dataclass
@@ -104,6 +105,7 @@ def load_bundle(path: str | Path, verify_example: bool = True) -> Bundle:
     manifest = json.loads(mf.read_text())
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mf}: bundle format {manifest.get('format')!r} is not {FORMAT!r}; re-export the model")
+    _check_versions(manifest, mf)
     if _sha256(root / "model.pt") != manifest["model_sha256"]:
         raise ArtifactError(f"{root / 'model.pt'}: checksum differs from the manifest; the bundle was modified")
     artifact = FeatureArtifact.load(root / "features")
@@ -120,6 +122,17 @@ def load_bundle(path: str | Path, verify_example: bool = True) -> Bundle:
             raise ArtifactError(f"{root}: example request scores {got[:3]} differ from the recorded "
                                 f"{example['scores'][:3]}; the runtime does not reproduce this model")
     return bundle
+
+
+def _check_versions(manifest: dict, mf: Path) -> None:
+    """Refuse a bundle exported with another torch / torchrec / FBGEMM than the one installed here."""
+    recorded = manifest.get("versions") or {}
+    installed = installed_stack()
+    differ = [f"{k} {recorded.get(k)} (installed {installed.get(k)})" for k in STACK_KEYS
+              if recorded.get(k) != installed.get(k)]
+    if differ:
+        raise ArtifactError(f"{mf}: the bundle was exported with {', '.join(differ)}; serve it with the stack "
+                            "it was trained with, or re-export it with this one")
 
 
 def _sha256(path: Path) -> str:

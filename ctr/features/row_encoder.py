@@ -11,8 +11,8 @@ that names the field):
 
 * categorical: ``str`` or ``int`` (canonical text ``str(v)``, as a training file holds it); ``None``
   is the missing category;
-* numeric: ``int``, ``float`` or numeric text; ``None``, NaN and empty text are missing
-  (→ ``fill_value``); then ``log_square`` or ``standardize`` as in training;
+* numeric: ``int``, ``float`` or numeric text (at most 64 characters); ``None``, NaN and empty text
+  are missing (→ ``fill_value``), ±inf is refused; then ``log_square`` or ``standardize`` as in training;
 * sequence: a list of ``str``/``int`` tokens or one string split on the field's ``separator``;
   the last ``max_len`` tokens are kept.
 """
@@ -29,6 +29,7 @@ from ctr.features.schema import NULL_TOKEN, FeatureSpec
 from ctr.features.tensorize import EncodedColumns
 
 MissingPolicy = Literal["error", "null"]
+MAX_NUMBER_TEXT = 64  # longer numeric text is refused without parsing it
 _ABSENT = object()
 
 
@@ -147,20 +148,28 @@ def _number(f: FeatureSpec, v, i: int) -> float:
     if v is None or v is _ABSENT:
         return math.nan
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
+        return _finite(f, float(v), i)
     if isinstance(v, str):
         text = v.strip()
         if not text:
             return math.nan
-        if "_" not in text:
+        if "_" not in text and len(text) <= MAX_NUMBER_TEXT:
             try:
-                return float(text)
+                return _finite(f, float(text), i)
             except ValueError:
                 pass
         raise InvalidRequestError(f"example {i}: feature {f.column!r} is numeric; {_clip(v)!r} is not a number",
                                   field=f.column, example=i)
     raise InvalidRequestError(f"example {i}: feature {f.column!r} is numeric and takes a number, got "
                               f"{_type_name(v)}", field=f.column, example=i)
+
+
+def _finite(f: FeatureSpec, x: float, i: int) -> float:
+    """NaN is a missing value (as in training); ±inf is refused."""
+    if math.isinf(x):
+        raise InvalidRequestError(f"example {i}: feature {f.column!r} is numeric and must be finite, got {x}",
+                                  field=f.column, example=i)
+    return x
 
 
 def _tokens(f: FeatureSpec, v, i: int) -> list[str]:

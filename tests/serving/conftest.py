@@ -70,7 +70,12 @@ def register_bundle(tracking_uri: str, name: str, bundle_dir: Path) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run():
+    client = mlflow.MlflowClient(tracking_uri)
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    exp = client.get_experiment_by_name("serving-tests")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "serving-tests", artifact_location=(db.parent / "artifacts").as_uri())  # never ./mlruns in the repo
+    with mlflow.start_run(experiment_id=exp_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
                                        artifacts={"bundle": str(bundle_dir)}, registered_model_name=name,
                                        pip_requirements=["ctr"])
