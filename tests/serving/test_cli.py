@@ -34,7 +34,7 @@ def served(bundle_factory):
 
 
 def _ctr(*args):
-    return subprocess.run([*CTR, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+    return subprocess.run([*CTR, *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

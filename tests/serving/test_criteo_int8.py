@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.conftest import REPO, require_shared
 from ctr.data.readers import read_files
 from ctr.data.split import split_frames
 from serving.client import ScorerClient
 from serving.server import ScoringServer, ServerSettings
+from tests.conftest import REPO, require_shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 

@@ -4,7 +4,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import require_shared
 from ctr.data.readers import DataConfig, read_file
 from ctr.errors import InvalidRequestError
 from ctr.features.artifact import FeatureArtifact
@@ -12,6 +11,7 @@ from ctr.features.row_encoder import RowEncoder
 from ctr.features.schema import Schema
 from ctr.features.tensorize import EncodedColumns
 from ctr.features.transform import FeatureTransform
+from tests.conftest import require_shared
 
 SCHEMA = Schema.model_validate({
     "label": "y", "min_count": 1,
