@@ -112,7 +112,9 @@ class PlainEmbedding(FieldEmbedding):
         vecs: dict[str, torch.Tensor] = {}  # field -> [B, D]
         rows: list[tuple[str, torch.Tensor]] = []  # field, looked-up vectors [n, D] (for MBA)
         if self.ebc is not None:
-            vecs.update(self.ebc(sparse).to_dict())
+            pooled = self.ebc(sparse).to_dict()
+            for name in self.bag_names:
+                vecs[name] = pooled[name]
         history, mask = [], torch.zeros(0)
         if self.ec is not None:
             jts = self.ec(sparse)
