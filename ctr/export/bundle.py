@@ -57,6 +57,26 @@ class Bundle:
             batch = cols.batch(slice(0, len(cols)))
             return torch.sigmoid(self.model(batch.dense, batch.sparse)).numpy()
 
+    def score_candidates(self, row: dict, candidates: list[dict]) -> np.ndarray:
+        """One user against N candidates: probabilities ``[N]`` equal to ``score([{**row, **c} for c in candidates])``.
+
+        ``row`` holds the user's raw fields (behaviour histories, user and context fields);
+        each candidate holds the raw fields that change per candidate (e.g. ``item``, ``genres``).
+        For models with ``score_candidates`` (DIN) the history is encoded and embedded once and
+        the N candidate rows carry empty histories; other models score the N merged rows.
+        """
+        merged = [{**row, **c} for c in candidates]
+        if not hasattr(self.model, "score_candidates") or not candidates:
+            return self.score(merged) if candidates else np.zeros(0, dtype=np.float32)
+        schema = self.artifact.schema
+        history = {f.column for f in schema.history_fields}
+        user = EncodedColumns.from_frame(self.transform.apply([row]), schema).batch(slice(0, 1))
+        rows = [{k: ("" if k in history else v) for k, v in m.items()} for m in merged]
+        cands = EncodedColumns.from_frame(self.transform.apply(rows), schema).batch(slice(0, len(rows)))
+        with torch.no_grad():
+            logits = self.model.score_candidates(user.dense, user.sparse, cands.dense, cands.sparse)
+            return torch.sigmoid(logits).numpy()
+
 
 def _build(manifest: dict, artifact: FeatureArtifact) -> torch.nn.Module:
     model_cfg = parse_model_config(manifest["model"])

@@ -131,3 +131,20 @@ def test_two_gloo_ranks_with_shared_history_table_match_world_size_one(din_prepa
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
     assert two[0].valid["auc"] == pytest.approx(one.valid["auc"], abs=5e-3)
     assert "item" in one.plan and "rank:1" in two[0].plan  # the shared EC table is planned and placed
+
+
+def test_bundle_scores_one_history_against_many_candidates(din_prepared, tmp_path):
+    from ctr.export.bundle import load_bundle, save_bundle
+    from ctr.models import build_model
+
+    spec, prepared = din_prepared
+    torch.manual_seed(1)
+    model = build_model(spec.model, prepared.artifact.layout(), spec.embedding).eval()
+    row = {"user": "u3", "item": "i1", "genre": "g1", "hist_item": ["i4", "i7", "i9"], "hist_genre": ["g0", "g3", "g1"]}
+    save_bundle(model, spec.model, spec.embedding, prepared.artifact, tmp_path / "b", [row])
+    bundle = load_bundle(tmp_path / "b")
+    cands = [{"item": f"i{i}", "genre": f"g{i % 4}"} for i in (1, 2, 5, 33, 38)]
+    many = bundle.score_candidates(row, cands)
+    pairwise = bundle.score([{**row, **c} for c in cands])
+    assert many.shape == (5,) and np.ptp(pairwise) > 0
+    np.testing.assert_allclose(many, pairwise, rtol=0, atol=1e-6)
