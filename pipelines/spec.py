@@ -21,6 +21,7 @@ import yaml
 
 from ctr.config import StrictConfig
 from ctr.data.readers import DataConfig
+from ctr.data.synthetic import SyntheticConfig
 from ctr.distributed.sharding import ShardingConfig
 from ctr.embeddings import parse_embedding_config
 from ctr.errors import ConfigError
@@ -65,11 +66,14 @@ class SyntheticSpec(StrictConfig):
         rows (int): rows to generate.
         seed (int): generator seed.
         max_cardinality (int): largest categorical field's cardinality.
+        teacher (SyntheticConfig): shape of the data and of the planted teacher (fields, Zipf
+            exponent, interaction pairs/triples, logit scales); see :mod:`ctr.data.synthetic`.
     """
 
     rows: int = 200_000
     seed: int = 7
     max_cardinality: int = 100_000
+    teacher: SyntheticConfig = SyntheticConfig()
 
 
 class OutputConfig(StrictConfig):

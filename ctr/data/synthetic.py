@@ -243,13 +243,14 @@ def generate(n_rows: int, path: str | Path, seed: int = 7, max_cardinality: int 
     return out
 
 
-def write_synthetic_if_missing(path: str | Path, n_rows: int, seed: int = 7, max_cardinality: int = 10**7) -> Path:
+def write_synthetic_if_missing(path: str | Path, n_rows: int, seed: int = 7, max_cardinality: int = 10**7,
+                               config: SyntheticConfig | None = None) -> Path:
     """Generate the file unless it already exists (the demo calls this before ``prepare``)."""
     out = Path(path)
     if out.is_file():
         log.info("synthetic data already at %s", out)
         return out
-    return generate(n_rows, out, seed, max_cardinality)
+    return generate(n_rows, out, seed, max_cardinality, config)
 
 
 def oracle_test_split(data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray] | None:

@@ -19,7 +19,7 @@ def run(spec) -> PreparedData:
     synth = spec.synthetic
     if synth is not None:
         path = spec.data.train if isinstance(spec.data.train, str) else spec.data.train[0]
-        write_synthetic_if_missing(path, synth.rows, synth.seed, synth.max_cardinality)
+        write_synthetic_if_missing(path, synth.rows, synth.seed, synth.max_cardinality, synth.teacher)
     prepared = prepare(spec.data, spec.features, spec.data.cache_dir)
     log.info("prepared data: %s (%s)", prepared.rows, "cache hit" if prepared.cache_hit else "fresh")
     return prepared
