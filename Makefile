@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-serving protos serve contract clean
+.PHONY: install demo test lint bench bench-serving protos serve fuzz contract clean
 
 $(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml protos/ctr/scoring/v1/scorer.proto
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/ctr run pipelines/examples/synthetic.yaml --summary-json runs/demo-summary.json
 
 test: $(STAMP)
-	$(BIN)/ruff check ctr pipelines serving tests
+	$(BIN)/ruff check ctr pipelines serving tests fuzz benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -29,6 +29,10 @@ bench: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python -m benchmarks.serving_latency
+
+# the scorer's request-path fuzz target for 10 minutes (make test runs it for 60 s)
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/fuzz_score_request.py -max_total_time=600 -rss_limit_mb=4096
 
 protos: $(STAMP)
 	$(BIN)/python -m serving.codegen

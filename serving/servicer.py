@@ -92,6 +92,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                  limits: RequestLimits = RequestLimits()) -> None:
         self.store, self.batcher, self.metrics, self.limits = store, batcher, metrics, limits
 
+    @staticmethod
+    def _safe_fields(scorer) -> set[str]:
+        return {"-", "request", "examples", "model_name", *scorer.feature_names}
+
     def rpc_handler(self) -> grpc.GenericRpcHandler:
         method = grpc.unary_unary_rpc_method_handler(
             self.Score, request_deserializer=None, response_serializer=scorer_pb2.ScoreResponse.SerializeToString)
@@ -116,7 +120,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                                             model_version=scorer.version.version)
         except CtrError as exc:
             code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
-            log.info("Score -> %s (field %s)", code.name, exc.context.get("field", "-"))
+            field = exc.context.get("field", "-")
+            if field not in self._safe_fields(scorer):  # a sender-chosen name is payload: never log it
+                field = "<not a schema feature>"
+            log.info("Score -> %s (field %s)", code.name, field)
             context.abort(code, str(exc))
         except Exception:
             code = grpc.StatusCode.INTERNAL
