@@ -106,9 +106,16 @@ class PlainEmbedding(FieldEmbedding):
         self._penalty: torch.Tensor | None = None
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        return self.forward_sequences(dense, sparse).fields
+        return self._lookup(dense, sparse)[0]
 
     def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
+        fields, history, mask = self._lookup(dense, sparse)
+        if not history:  # no unpooled field: an empty history [B, 0, 1, D] with an all-False mask [B, 1]
+            return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
+        return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+
+    def _lookup(self, dense: torch.Tensor, sparse: KeyedJaggedTensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         vecs: dict[str, torch.Tensor] = {}  # field -> [B, D]
         rows: list[tuple[str, torch.Tensor]] = []  # field, looked-up vectors [n, D] (for MBA)
         if self.ebc is not None:
@@ -132,16 +139,11 @@ class PlainEmbedding(FieldEmbedding):
                 else:
                     vecs[name] = jt.values()  # one id per row -> [B, D]
         parts = [torch.stack([vecs[n] for n in self.sparse_names], dim=1)]  # [B, S, D]
-        b = parts[0].shape[0]
         if self.training:
             self._penalty = self._penalties(parts[0], sparse, vecs, rows)
         if self.numeric is not None:
             parts.append(self.numeric(dense))  # [B, N, D]
-        fields = torch.cat(parts, dim=1)
-        if not history:
-            return SequenceFields(fields, fields.new_zeros(b, 0, 1, self.embedding_dim),
-                                  torch.zeros(b, 1, dtype=torch.bool, device=fields.device))
-        return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+        return torch.cat(parts, dim=1), history, mask
 
     def _penalties(self, sparse_vecs: torch.Tensor, sparse: KeyedJaggedTensor, vecs: dict[str, torch.Tensor],
                    rows: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:

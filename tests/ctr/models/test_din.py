@@ -62,7 +62,7 @@ def test_padding_and_absent_rows_get_no_gradient():
     model = din().train()
     model(torch.zeros(3, 0), rows_kjt([ROW, *OTHERS])).sum().backward()
     grad = model.embedding.ec.embeddings["item"].weight.grad
-    used = {3, 9, 2, 4, 5, 7, 1, 2, 3, 4, 5, 6}
+    used = {1, 2, 3, 4, 5, 6, 7, 9}  # candidates 3, 9, 2 and history items 4, 5, 7, 1..6
     assert all(grad[j].abs().sum() == 0 for j in range(12) if j not in used)
     assert grad[0].abs().sum() == 0  # id 0 (OOV) is not padding: never touched here
 
@@ -123,3 +123,14 @@ def test_din_fx_traces_and_matches_eager():
     kjt = rows_kjt([ROW, *OTHERS])
     with torch.no_grad():
         torch.testing.assert_close(traced(torch.zeros(3, 0), kjt), model(torch.zeros(3, 0), kjt))
+
+
+def test_din_builds_from_the_registry_with_meta_tables():
+    from ctr.models import build_model, parse_model_config
+
+    model = build_model(parse_model_config({"name": "din", "embedding_dim": 8}), layout(),
+                        PlainEmbeddingConfig(mba_l2=0.1), device=torch.device("meta"))
+    for n, p in model.named_parameters():
+        assert p.device.type == ("meta" if "embedding_bags" in n or ".ec.embeddings." in n else "cpu"), n
+    assert {c.name for c in model.embedding.ec.embedding_configs()} == {"item", "genre"}  # shared with candidates
+    assert model.embedding.ec.embedding_configs()[0].feature_names == ["item", "hist_item"]
