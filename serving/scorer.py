@@ -95,6 +95,29 @@ class Scorer:
     def score(self, rows: Sequence[Mapping]) -> np.ndarray:
         return self.predict(self.encode(rows))
 
+    @property
+    def history_columns(self) -> list[str]:
+        """Raw columns of the unpooled behaviour history (DIN); empty for other models."""
+        fields = getattr(self.encoder.schema, "history_fields", [])
+        return [f.column for f in fields] if hasattr(self.model, "score_candidates") else []
+
+    def takes_context(self, context: Mapping) -> bool:
+        """Whether a request's shared ``context`` carries the whole history, so it is embedded once."""
+        cols = self.history_columns
+        return bool(cols) and all(c in context for c in cols)
+
+    def score_with_context(self, context: Mapping, examples: Sequence[Mapping]) -> np.ndarray:
+        """One user's ``context`` (history included) against N candidate ``examples``: the history is
+        encoded and embedded once (``model.score_candidates``); equals scoring the N merged rows."""
+        history = set(self.history_columns)
+        merged = [{**e, **context} for e in examples]
+        user = self.encode(merged[:1]).batch(slice(0, 1))
+        cands = self.encode([{k: (None if k in history else v) for k, v in m.items()} for m in merged])
+        batch = cands.batch(slice(0, len(cands)))
+        with torch.inference_mode():
+            logits = self.model.score_candidates(user.dense, user.sparse, batch.dense, batch.sparse)
+            return torch.sigmoid(logits).numpy()
+
     def smoke_check(self) -> float:
         """Score the bundle's recorded example request; raise if it drifts beyond the quantization's tolerance.
 

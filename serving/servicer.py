@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from ctr.errors import CtrError, InvalidRequestError
@@ -92,6 +93,23 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                  limits: RequestLimits = RequestLimits()) -> None:
         self.store, self.batcher, self.metrics, self.limits = store, batcher, metrics, limits
 
+    def _score_context(self, request, scorer):
+        """DIN-style request: one user context with many candidates, history embedded once."""
+        context = {k: decode_value(v) for k, v in request.context.features.items()}
+        rows = decode_request(scorer_pb2.ScoreRequest(examples=request.examples), self.limits)
+        for i, row in enumerate(rows):
+            both = context.keys() & row.keys()
+            if both:
+                name = sorted(both)[0]
+                raise InvalidRequestError(f"example {i}: feature {name!r} is given both in the context and in the "
+                                          "example; send it once", field=name, example=i)
+        self.metrics.examples.observe(len(rows))
+        probs = scorer.score_with_context(context, rows)
+        if not np.isfinite(probs).all():
+            raise InvalidRequestError("a score is not finite; a numeric feature value is out of the range this "
+                                      "model can take")
+        return probs
+
     @staticmethod
     def _safe_fields(scorer) -> set[str]:
         return {"-", "request", "examples", "model_name", *scorer.feature_names}
@@ -107,6 +125,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         scorer = self.store.current  # the version this request is answered by, even across a swap
         try:
             request = parse_request(request)
+            if request.context.features and scorer.takes_context(request.context.features):
+                probs = self._score_context(request, scorer)
+                return scorer_pb2.ScoreResponse(probabilities=probs.tolist(), model_name=scorer.version.name,
+                                                model_version=scorer.version.version)
             rows = decode_request(request, self.limits)
             self.metrics.examples.observe(len(rows))
             if request.model_name and request.model_name != scorer.version.name:

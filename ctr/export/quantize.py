@@ -15,10 +15,14 @@ from typing import Literal
 
 import torch
 from torchrec.inference.modules import quantize_inference_model
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
 from ctr.errors import ConfigError
+
+FLOAT_TABLES = (EmbeddingBagCollection, EmbeddingCollection, torch.nn.EmbeddingBag)
+QUANT_TABLES = (QuantEmbeddingBagCollection, QuantEmbeddingCollection)
 
 Quant = Literal["int8", "int4", "fp16", "none"]
 QUANT_DTYPES: dict[str, torch.dtype] = {"int8": torch.qint8, "int4": torch.quint4x2, "fp16": torch.half}
@@ -54,11 +58,11 @@ def embedding_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the embedding tables of ``model`` (float or quantized, scale/bias included)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, (EmbeddingBagCollection, torch.nn.EmbeddingBag)):
+        if isinstance(module, FLOAT_TABLES):
             total += sum(p.numel() * p.element_size() for p in module.parameters())
-        elif isinstance(module, QuantEmbeddingBagCollection):
+        elif isinstance(module, QUANT_TABLES):
             total += sum(b.numel() * b.element_size() for name, b in module.named_buffers()
-                         if name.startswith("embedding_bags.") and name.endswith(".weight"))
+                         if name.startswith(("embedding_bags.", "embeddings.")) and name.endswith(".weight"))
     return total
 
 
@@ -70,8 +74,7 @@ def compile_dense(model: torch.nn.Module) -> list[str]:
     """
     compiled = []
     for name, child in list(model.named_children()):
-        has_tables = any(isinstance(m, (EmbeddingBagCollection, QuantEmbeddingBagCollection))
-                         for m in child.modules())
+        has_tables = any(isinstance(m, FLOAT_TABLES + QUANT_TABLES) for m in child.modules())
         if has_tables or not any(True for _ in child.parameters()):
             continue
         setattr(model, name, torch.compile(child, dynamic=True))
