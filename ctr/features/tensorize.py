@@ -16,6 +16,7 @@ import polars as pl
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.errors import DataError
 from ctr.features.schema import GROUP_COLUMN, LABEL_COLUMN, Schema
 
 __all__ = ["GROUP_COLUMN", "LABEL_COLUMN", "Batch", "EncodedColumns"]
@@ -87,6 +88,7 @@ class EncodedColumns:
                 np.cumsum(lengths, out=offsets[1:])
                 values = col.explode().drop_nulls().to_numpy().astype(np.int64)
                 seqs[f.name] = (offsets, values)
+        _check_aligned(schema, seqs, df)
         num = [f.name for f in schema.numeric_fields]
         dense = (df.select(num).to_numpy().astype(np.float32, copy=False) if num
                  else np.zeros((n, 0), dtype=np.float32))
@@ -137,6 +139,23 @@ class EncodedColumns:
     @property
     def kjt_keys(self) -> list[str]:
         return self._single + [k for k in self.keys if k in self.seqs]
+
+
+def _check_aligned(schema: Schema, seqs: dict[str, tuple[np.ndarray, np.ndarray]], df: pl.DataFrame) -> None:
+    """Unpooled history fields (``pooling: none``) are aligned event by event: equal lengths per row."""
+    hist = [f.name for f in schema.history_fields]
+    if len(hist) < 2:
+        return
+    first = np.diff(seqs[hist[0]][0])
+    for name in hist[1:]:
+        bad = np.flatnonzero(np.diff(seqs[name][0]) != first)
+        if bad.size:
+            row = int(bad[0])
+            line = int(df["_line"][row]) if "_line" in df.columns else None
+            where = f"line {line}" if line is not None else f"row {row}"
+            raise DataError(f"history fields {hist[0]!r} and {name!r} must list one value per event, but {where} "
+                            f"has {int(first[row])} and {int(np.diff(seqs[name][0])[row])} (ragged side features)",
+                            line=line, column=name)
 
 
 def _take_ragged(offsets: np.ndarray, values: np.ndarray, rows, n: int) -> tuple[np.ndarray, np.ndarray]:
