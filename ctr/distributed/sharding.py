@@ -87,21 +87,21 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     return dmp
 
 
-def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig | EmbeddingConfig], seed: int) -> None:
-    """Fill each local shard from the full deterministic table (identical at every world size)."""
+def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:
+    """Generate each local shard's rows alone (no rank builds a full table); same values at every world size."""
     with torch.no_grad():
         for key, value in dmp.state_dict().items():
             parts = key.split(".")
-            if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in tables:
+            if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in tables:
                 continue
             cfg = tables[parts[-2]]
-            full = table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
+            args = (cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
             if isinstance(value, ShardedTensor):
                 for shard in value.local_shards():
                     (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(full[r0:r0 + nr, c0:c0 + nc])
+                    shard.tensor.copy_(table_init(*args, row_start=r0, row_count=nr, col_start=c0, col_count=nc))
             else:
-                value.copy_(full)
+                value.copy_(table_init(*args))
 
 
 def plan_text(dmp: DistributedModelParallel) -> str:

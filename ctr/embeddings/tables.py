@@ -3,6 +3,7 @@
 import zlib
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import AfterValidator
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -53,14 +54,47 @@ def table_configs(layout: FieldLayout, dim: int, prefix: str = "",
     return out
 
 
-def table_init(name: str, rows: int, dim: int, bound: float, seed: int) -> torch.Tensor:
-    """Deterministic uniform(-bound, bound) weights for table ``name``, independent of sharding.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_CHUNK = 1 << 20  # elements generated at a time: temporaries stay a few MB whatever the table size
 
-    Every rank (and an unsharded model) derives the same full table from ``(seed, name)`` and keeps
-    the slice it owns, so world size 1 and N start from identical weights.
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def table_key(name: str, seed: int) -> np.uint64:
+    """The generator key of table ``name`` under ``seed``."""
+    base = np.array([(seed * 1_000_003 + zlib.crc32(name.encode())) % (2**64)], dtype=np.uint64)
+    return _mix(base)[0]
+
+
+def table_init(name: str, rows: int, dim: int, bound: float, seed: int, row_start: int = 0,
+               row_count: int | None = None, col_start: int = 0, col_count: int | None = None) -> torch.Tensor:
+    """Deterministic uniform(-bound, bound) weights of rows/columns of table ``name``, generated alone.
+
+    A counter-based generator: element ``(r, c)`` is a hash of ``(seed, name, r * dim + c)``, so a
+    shard (``row_start``/``row_count``, ``col_start``/``col_count``) is produced without building the
+    rest of the ``rows × dim`` table, and every rank (and an unsharded model) agrees on every value:
+    world size 1 and N start from identical weights. Memory is the slice plus a bounded scratch.
     """
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-    return (torch.rand(rows, dim, generator=gen) * 2 - 1) * bound
+    row_count = rows - row_start if row_count is None else row_count
+    col_count = dim - col_start if col_count is None else col_count
+    if row_start < 0 or col_start < 0 or row_start + row_count > rows or col_start + col_count > dim:
+        raise ValueError(f"slice rows [{row_start}, +{row_count}) cols [{col_start}, +{col_count}) "
+                         f"is outside table {name} ({rows} x {dim})")
+    key = table_key(name, seed)
+    out = np.empty((row_count, col_count), dtype=np.float32)
+    cols = np.arange(col_start, col_start + col_count, dtype=np.uint64)
+    step = max(1, _CHUNK // max(col_count, 1))
+    for r0 in range(0, row_count, step):
+        r = np.arange(row_start + r0, row_start + min(r0 + step, row_count), dtype=np.uint64)
+        counter = r[:, None] * np.uint64(dim) + cols[None, :]
+        bits = _mix(key + (counter + np.uint64(1)) * _GOLDEN) >> np.uint64(11)
+        out[r0:r0 + len(r)] = (bits * 2.0 ** -53 * 2 - 1) * bound
+    return torch.from_numpy(out)
 
 
 def table_bound(cfg: EmbeddingBagConfig) -> float:

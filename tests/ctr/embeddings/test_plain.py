@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -66,3 +67,15 @@ def test_bench_baseline_embedding_matches_torchrec_lookup():
         base.numeric.weight.copy_(ours.numeric.weight)
     dense = torch.tensor([[2.0], [0.5]])
     torch.testing.assert_close(base(dense, kjt()), ours(dense, kjt()))
+
+
+def test_table_init_slices_equal_the_full_table():
+    """Row/column ranges are generated alone yet equal the same slice of the whole table."""
+    full = table_init("t", 1000, 8, 0.5, seed=3)
+    part = table_init("t", 1000, 8, 0.5, seed=3, row_start=123, row_count=400, col_start=4, col_count=4)
+    assert torch.equal(part, full[123:523, 4:8])
+    assert full.dtype == torch.float32 and full.shape == (1000, 8)
+    assert -0.5 <= float(full.min()) < -0.45 and 0.45 < float(full.max()) <= 0.5
+    assert abs(float(full.mean())) < 0.02  # uniform, centred
+    with pytest.raises(ValueError, match="outside table"):
+        table_init("t", 10, 4, 0.1, seed=1, row_start=8, row_count=3)
