@@ -35,14 +35,21 @@ SECTIONS = ("name", "description", "synthetic", "data", "features", "model", "ba
 
 class DistributedConfig(StrictConfig):
     """Args:
-        workers (int): training processes; 1 (or 0) trains in this process, N > 1 spawns N gloo ranks.
+        workers (int): training processes; 1 (or 0) trains in this process without Ray, N > 1 trains
+            on N Ray Train workers (gloo on CPU, nccl on GPUs).
         device (str): ``cpu`` or ``cuda``.
         sharding (ShardingConfig): allowed sharding types for the planner.
+        address (str | None): Ray cluster to join (``auto``, ``ray://HOST:10001``); ``None`` starts Ray here.
+        max_failures (int): times Ray restarts failed workers from the last checkpoint.
+        cpus_per_worker (float): CPU slots each Ray worker reserves.
     """
 
     workers: int = 1
     device: Literal["cpu", "cuda"] = "cpu"
     sharding: ShardingConfig = ShardingConfig()
+    address: str | None = None
+    max_failures: int = 2
+    cpus_per_worker: float = 1.0
 
 
 class RegisterConfig(StrictConfig):

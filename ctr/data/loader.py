@@ -48,12 +48,13 @@ class BatchIterator:
         self.columns = columns
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
         self.device = None if device is None or device.type == "cpu" else device
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (deterministic from ``seed`` and ``epoch``)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the permutation of ``epoch`` (deterministic from ``seed`` and ``epoch``); the next
+        iteration starts after its first ``skip`` global batches (resuming mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         n = len(self.columns)
@@ -68,7 +69,9 @@ class BatchIterator:
             yield order[start:stop] if order is not None else np.arange(start, stop)
 
     def __iter__(self) -> Iterator[Batch]:
-        for rows in self.global_batches():
+        for i, rows in enumerate(self.global_batches()):
+            if i < self.skip:
+                continue
             local = np.array_split(rows, self.world_size)[self.rank]
             if self.shuffle or len(local) == 0:
                 batch = self.columns.batch(local)

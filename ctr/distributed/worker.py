@@ -1,7 +1,7 @@
 """One training worker: build on ``meta`` → shard with DMP → ``ctr.train.loop.fit`` → best state restored → DCP.
 
-The same function runs in-process (world size 1, the default), under ``torch.multiprocessing``
-(tests), or inside a Ray Train worker (the runner injects its report callback). Everything it needs
+The same function runs in-process (world size 1, the default) or inside each Ray Train worker
+(``pipelines/ray_worker.py`` injects its report callbacks and checkpoint sink). Everything it needs
 travels in a picklable :class:`WorkerJob`.
 """
 
@@ -45,6 +45,8 @@ class WorkerJob:
             the test split is scored by the evaluate stage on the exported model).
         out_dir (str): folder shared by all ranks for checkpoints.
         device (str): ``cpu`` or ``cuda``.
+        resume_from (str | None): a resumable checkpoint folder (``ctr.train.checkpoint.save_resumable``)
+            to continue from, written at any world size.
     """
 
     model_cfg: object
@@ -55,6 +57,7 @@ class WorkerJob:
     splits: dict[str, str]
     out_dir: str
     device: str = "cpu"
+    resume_from: str | None = None
 
 
 @dataclass
@@ -67,6 +70,7 @@ class WorkerResult:
     checkpoint_dir: str = ""
     world_size: int = 1
     seconds: float = 0.0
+    resumed_from: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -75,23 +79,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CheckpointSink = Callable[[Callable[[str], None], dict], None]
+"""Called on every rank with ``write(folder)`` (saves this rank's part there) and the step's metrics."""
+
+
 def run_worker(job: WorkerJob, rank: int = 0, world_size: int = 1, init_method: str | None = None,
                on_report: Callable[[dict], None] | None = None,
-               on_step: Callable[[int, float], None] | None = None) -> WorkerResult:
+               on_step: Callable[[int, float], None] | None = None,
+               sink: CheckpointSink | None = None) -> WorkerResult:
     """Train, validate and checkpoint on this rank; returns the (rank-independent) result.
 
-    ``on_report`` (each epoch's record) and ``on_step`` (global step, loss) are called on rank 0 only.
+    ``on_report`` (each epoch's record) and ``on_step`` (global step, loss) are called on rank 0 only;
+    ``sink`` (every rank) receives resumable checkpoints after each epoch and every
+    ``train.checkpoint_every`` steps.
     """
     created = init_process_group(rank, world_size, init_method)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
-        return _train(job, rank, world_size, on_report, on_step)
+        return _train(job, rank, world_size, (on_report, on_step), sink)
     finally:
         if created:
             destroy_process_group()
 
 
-def _train(job: WorkerJob, rank: int, world_size: int, on_report, on_step) -> WorkerResult:
+def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: CheckpointSink | None) -> WorkerResult:
     start = time.perf_counter()
     cfg, device = job.train_cfg, torch.device(job.device)
     seed_everything(cfg.seed)
@@ -115,11 +126,33 @@ def _train(job: WorkerJob, rank: int, world_size: int, on_report, on_step) -> Wo
                              rank=rank, world_size=world_size, device=device)
 
     best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best")
-    report, step = (on_report, on_step) if rank == 0 else (None, None)
+    resume = _resume(dmp, optimizer, job.resume_from, best) if job.resume_from else None
+    on_checkpoint = None if sink is None else _checkpointer(dmp, optimizer, sink)
+    report, step = callbacks if rank == 0 else (None, None)
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
-                 cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step)
+                 cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step,
+                 resume, on_checkpoint)
     result.step_losses = mean_across_ranks(result.step_losses)
     valid = result.best or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
-    return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start)
+    return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from)
+
+
+def _resume(dmp, optimizer, path: str, best: checkpoint.BestCheckpointer) -> FitResult:
+    state = FitResult.from_json(checkpoint.load_resumable(dmp, optimizer, path))
+    best.saved = state.best_epoch > 0 and best.dir.is_dir()
+    if state.best_epoch > 0 and not best.saved:
+        log.warning("resuming from %s without its best-epoch state (%s missing): the final model is the "
+                    "best of the epochs trained from here on, or the last one", path, best.dir)
+    log.info("resumed from %s at epoch %d step %d", path, state.epochs_done + 1, state.epoch_steps)
+    return state
+
+
+def _checkpointer(dmp, optimizer, sink: CheckpointSink) -> Callable[[FitResult], None]:
+    def on_checkpoint(state: FitResult) -> None:
+        doc = state.to_json()
+        doc["step_losses"] = mean_across_ranks(state.step_losses)  # collective: every rank is here
+        metrics = {"epoch": state.epochs_done, "epoch_step": state.epoch_steps, "step": len(state.step_losses)}
+        sink(lambda folder: checkpoint.save_resumable(dmp, optimizer, doc, folder), metrics)
+    return on_checkpoint

@@ -42,3 +42,48 @@ class BestCheckpointer:
     def restore_best(self, model: torch.nn.Module) -> None:
         if self.saved:
             load(model, self.dir)
+
+
+STATE_FILE = "fit_state.json"
+
+
+def save_resumable(model: torch.nn.Module, optimizer, state: dict, path: str | Path) -> None:
+    """Every rank: model + optimizer state (sharded, DCP), this rank's RNG, and (rank 0) the loop state."""
+    import json
+
+    import torch.distributed as dist
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.save(torch.get_rng_state(), path / f"rng-{rank}.pt")
+    if rank == 0:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        (path / STATE_FILE).write_text(json.dumps({"world_size": world, "fit": state}))
+
+
+def load_resumable(model: torch.nn.Module, optimizer, path: str | Path) -> dict:
+    """Restore what :func:`save_resumable` wrote, at any world size; returns the loop state.
+
+    Tables and optimizer state are resharded to this model's plan; the RNG state is restored only
+    at the same world size, so dropout continues exactly.
+    """
+    import json
+
+    import torch.distributed as dist
+
+    path = Path(path)
+    model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+    doc = json.loads((path / STATE_FILE).read_text())
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if doc["world_size"] == world:
+        torch.set_rng_state(torch.load(path / f"rng-{rank}.pt", weights_only=True))
+    return doc["fit"]
+
+
+def is_resumable(path: str | Path) -> bool:
+    return (Path(path) / STATE_FILE).is_file()

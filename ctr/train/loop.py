@@ -34,6 +34,8 @@ class TrainConfig(StrictConfig):
         seed (int): seed for init and shuffling.
         max_steps_per_epoch (int | None): cap steps per epoch (smoke runs, benchmarks).
         progress (bool): show a tqdm progress bar.
+        checkpoint_every (int | None): also write a resumable checkpoint every this many global steps
+            (one is always written after each epoch when the runner keeps checkpoints).
     """
 
     epochs: int = 10
@@ -45,6 +47,7 @@ class TrainConfig(StrictConfig):
     seed: int = 2021
     max_steps_per_epoch: int | None = None
     progress: bool = True
+    checkpoint_every: int | None = None
 
 
 class Checkpointer(Protocol):
@@ -53,7 +56,7 @@ class Checkpointer(Protocol):
 
 
 class Batches(Protocol):
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, skip: int = 0) -> None: ...
     def __len__(self) -> int: ...
     def __iter__(self): ...
 
@@ -69,6 +72,20 @@ class FitResult:
     stopped_early: bool = False
     train_rows: int = 0
     train_seconds: float = 0.0
+    epochs_done: int = 0
+    epoch_steps: int = 0
+    epoch_rows: int = 0
+    epoch_seconds: float = 0.0
+    best_value: float | None = None
+    bad_epochs: int = 0
+
+    def to_json(self) -> dict:
+        """Everything needed to resume (JSON-safe)."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "FitResult":
+        return cls(**doc)
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -83,35 +100,41 @@ StepCallback = Callable[[int, float], None]
 
 
 def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
-                 desc: str, show: bool, on_step: StepCallback | None = None,
-                 first_step: int = 0) -> tuple[list[float], int, float]:
+                 desc: str, show: bool, on_step: StepCallback | None, result: FitResult,
+                 on_checkpoint: Callable[[FitResult], None] | None) -> None:
+    """Train the rest of the current epoch (``result.epoch_steps`` already done), updating ``result``."""
     model.train()
-    losses, rows = [], 0
     total = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not show, leave=False, unit="batch")
-    for step, batch in enumerate(batches):
+    bar = tqdm(total=total, initial=result.epoch_steps, desc=desc, disable=not show, leave=False, unit="batch")
+    start = time.perf_counter() - result.epoch_seconds
+    for step, batch in enumerate(batches, start=result.epoch_steps):
         if step >= total:
             break
         loss = objective(model(batch.dense, batch.sparse), batch.labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-        rows += batch.size
+        result.step_losses.append(float(loss.detach()))
+        result.epoch_rows += batch.size
+        result.epoch_steps = step + 1
+        result.epoch_seconds = time.perf_counter() - start
         if on_step is not None:
-            on_step(first_step + step + 1, losses[-1])
+            on_step(len(result.step_losses), result.step_losses[-1])
+        if on_checkpoint is not None and cfg.checkpoint_every and len(result.step_losses) % cfg.checkpoint_every == 0 \
+                and step + 1 < total:
+            on_checkpoint(result)
         bar.update(1)
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.set_postfix(loss=f"{result.step_losses[-1]:.4f}")
     bar.close()
-    return losses, rows, time.perf_counter() - start
+    result.epoch_seconds = time.perf_counter() - start
 
 
 def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: Batches,
         validate: Callable[[], dict[str, float]], cfg: TrainConfig, checkpointer: Checkpointer | None = None,
         on_report: Callable[[dict], None] | None = None, world_size: int = 1,
-        on_step: StepCallback | None = None) -> FitResult:
+        on_step: StepCallback | None = None, resume: FitResult | None = None,
+        on_checkpoint: Callable[[FitResult], None] | None = None) -> FitResult:
     """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
 
     ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
@@ -119,39 +142,51 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
     ``on_step(global_step, loss)`` receives every training step's loss (this rank's). Both are plain
     callables: the caller decides where the numbers go (MLflow, Ray reports, a queue).
     ``world_size`` only scales the throughput figure (each rank sees 1/world_size of every global batch).
+    ``on_checkpoint(state)`` is called after each epoch and every ``cfg.checkpoint_every`` steps with
+    the resumable state; ``resume`` (such a state, model and optimizer already restored) continues
+    mid-epoch exactly where it was taken.
     """
-    result, best_value, bad_epochs = FitResult(), None, 0
-    for epoch in range(cfg.epochs):
-        train_batches.set_epoch(epoch)
-        losses, rows, seconds = _train_epoch(model, optimizer, objective, train_batches, cfg,
-                                             f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, on_step,
-                                             len(result.step_losses))
-        metrics = validate()
-        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
-                  "examples_per_s": rows * world_size / max(seconds, 1e-9), "epoch_seconds": seconds}
-        record.update({f"valid_{k}": v for k, v in metrics.items()})
-        result.history.append(record)
-        result.step_losses.extend(losses)
-        result.train_rows += rows * world_size
-        result.train_seconds += seconds
-        improved = _better(cfg.monitor, metrics[cfg.monitor], best_value)
-        log.info("epoch %d: train_loss %.5f valid_auc %.5f valid_logloss %.5f (%.0f examples/s)%s",
-                 epoch + 1, record["train_loss"], metrics["auc"], metrics["logloss"],
-                 record["examples_per_s"], " *best*" if improved else "")
-        if on_report is not None:
-            on_report(record)
-        if improved:
-            best_value, bad_epochs = metrics[cfg.monitor], 0
-            result.best_epoch, result.best = epoch + 1, dict(metrics)
-            if checkpointer is not None:
-                checkpointer.save_best(model)
-        else:
-            bad_epochs += 1
-            if bad_epochs > cfg.patience:
-                result.stopped_early = True
-                log.info("early stop after epoch %d: valid %s did not improve for %d epochs",
-                         epoch + 1, cfg.monitor, bad_epochs)
-                break
+    result = resume if resume is not None else FitResult()
+    while result.epochs_done < cfg.epochs and not result.stopped_early:
+        epoch = result.epochs_done
+        train_batches.set_epoch(epoch, skip=result.epoch_steps)
+        epoch_start = len(result.step_losses) - result.epoch_steps
+        _train_epoch(model, optimizer, objective, train_batches, cfg, f"epoch {epoch + 1}/{cfg.epochs}",
+                     cfg.progress, on_step, result, on_checkpoint)
+        _end_epoch(model, result, validate(), result.step_losses[epoch_start:], cfg, checkpointer,
+                   on_report, world_size)
+        if on_checkpoint is not None:
+            on_checkpoint(result)
     if checkpointer is not None and result.best_epoch > 0:
         checkpointer.restore_best(model)
     return result
+
+
+def _end_epoch(model, result: FitResult, metrics: dict, losses: list[float], cfg: TrainConfig,
+               checkpointer, on_report, world_size: int) -> None:
+    rows, seconds = result.epoch_rows, result.epoch_seconds
+    epoch = result.epochs_done + 1
+    record = {"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1),
+              "examples_per_s": rows * world_size / max(seconds, 1e-9), "epoch_seconds": seconds}
+    record.update({f"valid_{k}": v for k, v in metrics.items()})
+    result.history.append(record)
+    result.train_rows += rows * world_size
+    result.train_seconds += seconds
+    result.epochs_done, result.epoch_steps, result.epoch_rows, result.epoch_seconds = epoch, 0, 0, 0.0
+    improved = _better(cfg.monitor, metrics[cfg.monitor], result.best_value)
+    log.info("epoch %d: train_loss %.5f valid_auc %.5f valid_logloss %.5f (%.0f examples/s)%s",
+             epoch, record["train_loss"], metrics["auc"], metrics["logloss"],
+             record["examples_per_s"], " *best*" if improved else "")
+    if on_report is not None:
+        on_report(record)
+    if improved:
+        result.best_value, result.bad_epochs = metrics[cfg.monitor], 0
+        result.best_epoch, result.best = epoch, dict(metrics)
+        if checkpointer is not None:
+            checkpointer.save_best(model)
+    else:
+        result.bad_epochs += 1
+        if result.bad_epochs > cfg.patience:
+            result.stopped_early = True
+            log.info("early stop after epoch %d: valid %s did not improve for %d epochs",
+                     epoch, cfg.monitor, result.bad_epochs)
