@@ -74,6 +74,8 @@ def load_resumable(model: torch.nn.Module, optimizer, path: str | Path) -> dict:
     import torch.distributed as dist
 
     path = Path(path)
+    if hasattr(optimizer, "init_state"):  # torch optimizers create their state lazily: make the slots to load into
+        optimizer.init_state()
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
     dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
     model.load_state_dict(model_state)

@@ -95,7 +95,7 @@ def test_killed_worker_resumes_and_finishes_like_a_clean_run(clean_runs, tmp_pat
 
 def test_checkpoint_of_two_workers_resumes_on_one_and_three(clean_runs, tmp_path):
     spec, prepared, _, two, run, *_ = clean_runs
-    last = max(run.checkpoints, key=lambda p: os.path.getmtime(p))
+    last = max(run.checkpoints, key=os.path.getmtime)
     loaded = run_worker(dataclasses.replace(make_job(spec, prepared, tmp_path / "r0"), resume_from=last))
     # no epochs left: the 1-process model is exactly the 2-worker weights
     assert loaded.fit.epochs_done == 3 and len(loaded.fit.history) == 3
