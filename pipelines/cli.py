@@ -24,7 +24,7 @@ def cmd_run(args) -> int:
     from pipelines.run import run_pipeline
     from pipelines.spec import load_spec
 
-    spec = load_spec(args.pipeline, args.set, args.experiment)
+    spec = load_spec(args.pipeline, args.set + _distributed_overrides(args), args.experiment)
     summary = run_pipeline(spec, _tracking_uri())
     if args.summary_json:
         with open(args.summary_json, "w") as f:
@@ -37,6 +37,18 @@ def cmd_run(args) -> int:
           f"{summary['seconds']:.0f}s in all")
     print(f"model URI  {summary['model_uri']}   (run {summary['run_id']})")
     return 0
+
+
+def _distributed_overrides(args) -> list[str]:
+    """``--workers N`` / ``--address A`` are shortcuts for ``--set distributed.workers=N`` / ``.address=A``."""
+    out = []
+    if args.workers is not None:
+        if args.workers < 1:
+            raise CtrError(f"--workers {args.workers}: need at least 1 worker")
+        out.append(f"distributed.workers={args.workers}")
+    if args.address:
+        out.append(f"distributed.address={args.address}")
+    return out
 
 
 def _comparisons(summary: dict) -> str:
@@ -137,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config key")
     r.add_argument("--experiment", help="experiment name (for base/experiments specs)")
     r.add_argument("--summary-json", help="write the run summary here")
+    r.add_argument("--workers", type=int, help="train on N Ray Train workers (1: in this process, no Ray)")
+    r.add_argument("--address", help="Ray cluster to join for N > 1 workers: auto or ray://HOST:10001")
     r.set_defaults(fn=cmd_run)
     m = sub.add_parser("models", help="registered models").add_subparsers(dest="models_cmd", required=True)
     ml = m.add_parser("list", help="list registered model versions")

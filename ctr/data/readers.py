@@ -133,9 +133,9 @@ class DataConfig(StrictConfig):
 
 
 def read_file(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str] | None = None, *,
-              label: str | None = None, numeric: Iterable[str] = ()) -> pl.DataFrame:
+              label: str | None = None, numeric: Iterable[str] = (), limit: int | None = None) -> pl.DataFrame:
     """Raw columns of one file (see :func:`read_source`), without the read report."""
-    return read_source(path, cfg, wanted_columns, label=label, numeric=numeric)[0]
+    return read_source(path, cfg, wanted_columns, label=label, numeric=numeric, limit=limit)[0]
 
 
 def read_files(paths: Iterable[str | Path], cfg: DataConfig, wanted_columns: Iterable[str] | None = None, *,
@@ -150,7 +150,8 @@ def read_files(paths: Iterable[str | Path], cfg: DataConfig, wanted_columns: Ite
 
 
 def read_source(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str] | None = None, *,
-                label: str | None = None, numeric: Iterable[str] = ()) -> tuple[pl.DataFrame, ReadReport]:
+                label: str | None = None, numeric: Iterable[str] = (),
+                limit: int | None = None) -> tuple[pl.DataFrame, ReadReport]:
     """Read one file into raw String columns plus the label and ``_line``, applying the bad-row policy.
 
     Args:
@@ -160,6 +161,8 @@ def read_source(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str]
         label: label column (default: ``label`` for criteo/libfm, ``click`` for avazu, none for
             csv/parquet); validated as 0/1/-1 and returned as Float32 0/1.
         numeric: columns whose non-empty values must be numbers (the schema's numeric fields).
+        limit: read only the first ``limit`` data rows (the scan stops there; the rest of the file
+            is neither read nor checked).
     """
     path = str(path)
     if not Path(path).is_file():
@@ -169,13 +172,15 @@ def read_source(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str]
     if cfg.format == "events":
         frame = din_samples(cfg.events, path)
         wanted = _wanted(path, wanted_columns, frame.columns)
+        frame = frame if limit is None else frame.head(limit)
         return frame.select(*wanted, *([LINE] if LINE not in wanted else [])), ReadReport(path, frame.height)
     if cfg.format == "parquet":
-        return _read_parquet(path, cfg, wanted_columns, label, numeric)
+        return _read_parquet(path, cfg, wanted_columns, label, numeric, limit)
     fmt = _line_format(path, cfg, label)
     wanted = _wanted(path, wanted_columns, fmt.available)
     checked = set(numeric) & set(wanted)
-    frame = _collect(path, parse_lines(path, fmt, wanted, checked))
+    lines = parse_lines(path, fmt, wanted, checked)
+    frame = _collect(path, lines if limit is None else lines.head(limit))
     report = ReadReport(path, frame.height)
     if frame.height == 0:
         raise DataError("file has a header but no data rows", file=path)
@@ -234,8 +239,9 @@ def _collect(path: str, lf: pl.LazyFrame) -> pl.DataFrame:
 
 
 def _read_parquet(path: str, cfg: DataConfig, wanted_columns: Iterable[str] | None, label: str | None,
-                  numeric: Iterable[str]) -> tuple[pl.DataFrame, ReadReport]:
+                  numeric: Iterable[str], limit: int | None = None) -> tuple[pl.DataFrame, ReadReport]:
     lf = pl.scan_parquet(path)
+    lf = lf if limit is None else lf.head(limit)
     try:
         schema = lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:

@@ -11,11 +11,14 @@ EXAMPLE_ROWS = 4
 
 
 def example_rows(spec) -> list[dict]:
-    """A few raw rows (feature columns only) from the test (else train) source for the bundle manifest."""
+    """A few raw rows (feature columns only) from the test (else train) source for the bundle manifest.
+
+    Only the first rows are scanned (a margin for skipped malformed rows), never the whole file.
+    """
     source = spec.data.test or spec.data.train
     path = source if isinstance(source, str) else source[0]
     wanted = spec.features.raw_columns
-    frame = read_file(path, spec.data, wanted).head(EXAMPLE_ROWS)
+    frame = read_file(path, spec.data, wanted, limit=EXAMPLE_ROWS * 8).head(EXAMPLE_ROWS)
     fields = [f.column for f in spec.features.fields]
     return frame.select([c for c in fields if c in frame.columns]).to_dicts()
 
