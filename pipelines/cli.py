@@ -1,4 +1,4 @@
-"""``ctr`` command line: ``run``, ``models list|show|promote``, ``synth``, ``serve``, ``score``.
+"""``ctr`` command line: ``run``, ``submit``, ``jobs``, ``models list|show|promote``, ``synth``, ``serve``, ``score``.
 
 The only place environment variables are read (``MLFLOW_TRACKING_URI``). A :class:`ctr.errors.CtrError`
 becomes one line on stderr and exit status 2; no traceback for user mistakes.
@@ -140,6 +140,60 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from pipelines import submit
+
+    uri = args.tracking_uri or _tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))  # the job runs in another folder
+    sets = args.set + ([f"distributed.workers={args.workers}"] if args.workers else [])
+    job_id = submit.submit(args.address, args.pipeline, sets, experiment=args.experiment, tracking_uri=uri,
+                           working_dir=args.working_dir, python=args.python)
+    print(f"submitted {job_id} to {args.address}")
+    if args.wait:
+        status = submit.wait(args.address, job_id, args.wait)
+        print(f"{job_id} {status.value}")
+        return 0 if status.value == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from pipelines import submit
+
+    if args.jobs_cmd == "list":
+        for j in submit.jobs(args.address):
+            print(f"{j['id']:36} {j['status']:10} {j['entrypoint'].split(' && ')[-1][:90]}")
+    elif args.jobs_cmd == "status":
+        print(submit.status_of(submit.client(args.address), args.job_id).value)
+    elif args.jobs_cmd == "logs":
+        print(submit.logs(args.address, args.job_id), end="")
+    else:
+        print(f"{args.job_id} " + ("stopping" if submit.stop(args.address, args.job_id) else "already finished"))
+    return 0
+
+
+def _add_submit(sub) -> None:
+    su = sub.add_parser("submit", help="run a pipeline as a Ray job on a cluster (Job Submission API)")
+    su.add_argument("pipeline", help="pipeline YAML (relative to --working-dir when given)")
+    su.add_argument("--address", required=True, help="Ray dashboard/job server, e.g. http://HEAD:8265")
+    su.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config key")
+    su.add_argument("--experiment")
+    su.add_argument("--workers", type=int, help="Ray Train workers for the job")
+    su.add_argument("--working-dir", help="folder uploaded as the job's working directory")
+    su.add_argument("--tracking-uri", help="MLflow tracking URI the job logs to (default: MLFLOW_TRACKING_URI)")
+    su.add_argument("--python", default="python", help="interpreter on the cluster nodes")
+    su.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait for the job to finish")
+    su.set_defaults(fn=cmd_submit)
+    j = sub.add_parser("jobs", help="Ray jobs on a cluster").add_subparsers(dest="jobs_cmd", required=True)
+    for name, helptext in (("list", "list jobs"), ("status", "a job's status"), ("logs", "a job's output"),
+                           ("stop", "stop a job")):
+        jp = j.add_parser(name, help=helptext)
+        jp.add_argument("--address", required=True, help="Ray dashboard/job server, e.g. http://HEAD:8265")
+        if name != "list":
+            jp.add_argument("job_id")
+        jp.set_defaults(fn=cmd_jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctr", description="CTR training pipelines and model registry")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -152,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="train on N Ray Train workers (1: in this process, no Ray)")
     r.add_argument("--address", help="Ray cluster to join for N > 1 workers: auto or ray://HOST:10001")
     r.set_defaults(fn=cmd_run)
+    _add_submit(sub)
     m = sub.add_parser("models", help="registered models").add_subparsers(dest="models_cmd", required=True)
     ml = m.add_parser("list", help="list registered model versions")
     ml.add_argument("--name")
