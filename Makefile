@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.ray_scale
 	$(BIN)/python -m benchmarks.serving_latency
 
 bench-serving: $(STAMP)

@@ -24,6 +24,7 @@ from ctr.embeddings.tables import table_bound, table_init
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise",
                        "data_parallel"]
+INIT_BLOCK_ELEMENTS = 1 << 21
 CPU_MISSING = {"row_wise", "table_row_wise", "grid_shard"}  # TorchRec lists these for CUDA only
 
 
@@ -98,10 +99,18 @@ def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], s
             args = (cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
             if isinstance(value, ShardedTensor):
                 for shard in value.local_shards():
-                    (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    shard.tensor.copy_(table_init(*args, row_start=r0, row_count=nr, col_start=c0, col_count=nc))
+                    (r0, c0), (_, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    _fill(shard.tensor, args, r0, c0, nc)
             else:
-                value.copy_(table_init(*args))
+                _fill(value, args, 0, 0, value.shape[1])
+
+
+def _fill(target: torch.Tensor, args: tuple, row0: int, col0: int, cols: int) -> None:
+    """Copy generated rows into ``target`` block by block: scratch memory stays ~8 MB per block."""
+    step = max(1, INIT_BLOCK_ELEMENTS // max(cols, 1))
+    for r in range(0, target.shape[0], step):
+        n = min(step, target.shape[0] - r)
+        target[r:r + n].copy_(table_init(*args, row_start=row0 + r, row_count=n, col_start=col0, col_count=cols))
 
 
 def plan_text(dmp: DistributedModelParallel) -> str:

@@ -1,0 +1,174 @@
+"""`make bench`: scaling numbers for Ray training and prepare.
+
+* training examples/s on 1 worker (in process) and 2 Ray Train workers, same synthetic data;
+* per-worker peak RSS for one embedding table that exceeds a worker's memory budget but fits when
+  row-wise sharded over two gloo ranks (rows generated per shard, never the full table per rank);
+* peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows.
+
+Each measurement runs in its own subprocess. Writes ``bench-results/ray_scale.{json,md}``.
+
+    python -m benchmarks.ray_scale [--train-rows 50000] [--table-rows 6000000] [--budget-mb 1500]
+                                   [--prepare-rows 1000000 10000000]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path("bench-results")
+CACHE = Path(".ctr_cache/bench")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _spec(rows: int, workers: int, extra: list[str] = ()):
+    from pipelines.spec import load_spec
+
+    sets = [f"synthetic.rows={rows}", "synthetic.max_cardinality=100000",
+            f"data.train={CACHE}/synthetic_{rows}.parquet", f"data.cache_dir={CACHE}",
+            "train.epochs=1", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
+            "register.enabled=false", *extra]
+    return load_spec("pipelines/examples/synthetic.yaml", sets)
+
+
+def train_speed(args) -> dict:
+    from pipelines.stages import prepare as prepare_stage
+    from pipelines.stages.train import run as train
+
+    spec = _spec(args.train_rows, args.workers)
+    prepared = prepare_stage.run(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(spec, prepared, Path(tmp))
+        wall = time.perf_counter() - start
+    h = result.fit.history[0]
+    return {"workers": args.workers, "examples_per_s": h["examples_per_s"], "epoch_seconds": h["epoch_seconds"],
+            "wall_seconds": wall, "valid_auc": h["valid_auc"], "train_rows": result.fit.train_rows}
+
+
+def _big_table_rank(rank: int, world: int, args, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    import torch
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from ctr.distributed.env import destroy_process_group, init_process_group
+    from ctr.distributed.sharding import ShardingConfig, shard_model
+    from ctr.train.optim import OptimConfig, attach_fused_optimizer
+
+    torch.set_num_threads(1)
+    init_process_group(rank, world)
+    ebc = EmbeddingBagCollection([EmbeddingBagConfig(name="big", embedding_dim=args.dim, num_embeddings=args.table_rows,
+                                                     feature_names=["f"])], device=torch.device("meta"))
+    model = torch.nn.ModuleDict({"ebc": ebc})
+    model.forward = model["ebc"].forward  # a one-table model for the memory probe
+    attach_fused_optimizer(model, OptimConfig())
+    before = _rss_mb()
+    dmp = shard_model(model, ShardingConfig(types=["row_wise"] if world > 1 else ["table_wise"]), True,
+                      torch.device("cpu"), seed=1)
+    gen = torch.Generator().manual_seed(rank)
+    for _ in range(5):
+        ids = torch.randint(0, args.table_rows, (512,), generator=gen)
+        kjt = KeyedJaggedTensor.from_lengths_sync(["f"], ids, torch.ones(512, dtype=torch.int32))
+        dmp(kjt).values().sum().backward()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "peak_rss_mb": _rss_mb(),
+                                                         "rss_before_shard_mb": before}))
+    del dmp
+    destroy_process_group()
+
+
+def big_table(args) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_big_table_rank, args=(args.workers, args, port, tmp), nprocs=args.workers,
+                           join=True, start_method="spawn")
+        ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(args.workers)]
+    table_mb = args.table_rows * args.dim * 4 / 2**20
+    return {"workers": args.workers, "table_mb": table_mb, "budget_mb": args.budget_mb,
+            "peak_rss_mb": [r["peak_rss_mb"] for r in ranks],
+            "fits_budget": all(r["peak_rss_mb"] <= args.budget_mb for r in ranks)}
+
+
+def prepare_rss(args) -> dict:
+    from ctr.data.synthetic import write_synthetic_if_missing
+    from pipelines.stages import prepare as prepare_stage
+
+    spec = _spec(args.rows, 1, ["synthetic.max_cardinality=1000000"])
+    path = Path(spec.data.train)
+    if not path.is_file():  # generated in a child so its memory is not counted here
+        subprocess.run([sys.executable, "-c", "import sys; from ctr.data.synthetic import write_synthetic_if_missing "
+                        "as w; w(sys.argv[1], int(sys.argv[2]), 7, 1000000)", str(path), str(args.rows)], check=True)
+    del write_synthetic_if_missing
+    start = time.perf_counter()
+    spec = spec.__class__(**{**spec.__dict__, "synthetic": None})
+    prepared = prepare_stage.run(spec)
+    return {"rows": args.rows, "peak_rss_mb": _rss_mb(), "seconds": time.perf_counter() - start,
+            "cache_hit": prepared.cache_hit, "input_mb": path.stat().st_size / 2**20}
+
+
+def _child(variant: str, args, **over) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.ray_scale", "--variant", variant]
+    for k, v in {**vars(args), **over}.items():
+        if k not in ("variant", "prepare_rows") and v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parent(args) -> None:
+    res = {"train": [_child("train", args, workers=w) for w in (1, 2)],
+           "big_table": [_child("table", args, workers=w) for w in (1, 2)],
+           "prepare": [_child("prepare", args, rows=n) for n in args.prepare_rows]}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "ray_scale.json").write_text(json.dumps(res, indent=2))
+    md = [f"Ray scaling, synthetic Criteo-like data, {os.cpu_count()}-core CPU", "",
+          "| training | examples/s | epoch s | wall s (incl. Ray start) | valid AUC |", "|---|---:|---:|---:|---:|"]
+    md += [f"| {r['workers']} worker(s) | {r['examples_per_s']:.0f} | {r['epoch_seconds']:.1f} | "
+           f"{r['wall_seconds']:.1f} | {r['valid_auc']:.4f} |" for r in res["train"]]
+    md += ["", f"One table of {args.table_rows} x {args.dim} fp32 ({res['big_table'][0]['table_mb']:.0f} MB), "
+           f"per-worker budget {args.budget_mb} MB peak RSS:", "",
+           "| gloo ranks | per-rank peak RSS MB | within budget |", "|---|---|---|"]
+    md += [f"| {r['workers']} | {', '.join(f'{x:.0f}' for x in r['peak_rss_mb'])} | {r['fits_budget']} |"
+           for r in res["big_table"]]
+    md += ["", "| prepare rows | peak RSS MB | seconds | input MB |", "|---:|---:|---:|---:|"]
+    md += [f"| {r['rows']} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['input_mb']:.0f} |"
+           for r in res["prepare"]]
+    (OUT / "ray_scale.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", choices=["train", "table", "prepare"])
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--train-rows", type=int, default=50_000)
+    p.add_argument("--table-rows", type=int, default=6_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--budget-mb", type=int, default=1500)
+    p.add_argument("--prepare-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    args = p.parse_args()
+    if args.variant is None:
+        parent(args)
+        return
+    fn = {"train": train_speed, "table": big_table, "prepare": prepare_rss}[args.variant]
+    print(json.dumps(fn(args)))
+
+
+if __name__ == "__main__":
+    main()
