@@ -288,7 +288,7 @@ class RunTracker:
         self._last_flush = time.monotonic()
 
     def log_history(self, history: list[dict], step_losses: list[float]) -> None:
-        """After training (spawned ranks cannot call back into this process): whatever was not live."""
+        """After training: log the history only if nothing arrived live (a runner without live reports)."""
         if self.run_id is None or self.epochs_logged:
             return
         for i, loss in enumerate(step_losses):
