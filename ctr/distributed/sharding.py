@@ -93,7 +93,7 @@ def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], s
     with torch.no_grad():
         for key, value in dmp.state_dict().items():
             parts = key.split(".")
-            if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in tables:
+            if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in tables:
                 continue
             cfg = tables[parts[-2]]
             args = (cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
