@@ -23,6 +23,7 @@ from ctr.errors import CtrError  # noqa: E402
 
 log = logging.getLogger("ctr.pipelines")
 PINNED = ("torch", "torchrec", "fbgemm-gpu-cpu", "ray", "mlflow", "polars")
+AGENT_WAIT_S = 60
 TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
@@ -86,13 +87,18 @@ def submit(address: str, pipeline: str, overrides: list[str], *, experiment: str
         runtime_env["working_dir"] = working_dir
     elif not Path(pipeline).is_absolute():
         pipeline = str(Path(pipeline).resolve())
-    try:
-        return client(address).submit_job(entrypoint=entrypoint(pipeline, overrides, experiment, python),
-                                          runtime_env=runtime_env,
-                                          metadata={"ctr.pipeline": Path(pipeline).name,
-                                                    "ctr.stack": " ".join(pinned_stack())})
-    except RuntimeError as exc:
-        raise JobError(f"submission refused: {str(exc).splitlines()[0][:300]}") from None
+    c, deadline = client(address), time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return c.submit_job(entrypoint=entrypoint(pipeline, overrides, experiment, python),
+                                runtime_env=runtime_env,
+                                metadata={"ctr.pipeline": Path(pipeline).name, "ctr.stack": " ".join(pinned_stack())})
+        except RuntimeError as exc:
+            # a freshly started head answers before its job agent is up: Ray says "try again later"
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise JobError(f"submission refused: {str(exc).splitlines()[0][:300]}") from None
 
 
 def wait(address: str, job_id: str, timeout_s: float, poll_s: float = 1.0) -> JobStatus:
