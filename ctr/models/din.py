@@ -33,6 +33,7 @@ class DINConfig(StrictConfig):
             DNN's, so ``--set model.name=dnn`` turns a PReLU DIN section into the pooled baseline).
         attention_hidden (tuple[int, ...]): scoring MLP widths (official code 80, 40).
         attention_softmax (bool): masked softmax over the history weights (paper: off).
+        attention_outer (bool): add the paper's outer product ``q ⊗ k`` to the attention input.
         dnn_hidden (tuple[int, ...]): tower widths (paper 200, 80).
         dnn_dropout (float): dropout after each tower layer.
     """
@@ -42,6 +43,7 @@ class DINConfig(StrictConfig):
     dnn_activation: DinActivation = "prelu"
     attention_hidden: tuple[PositiveInt, ...] = (80, 40)
     attention_softmax: bool = False
+    attention_outer: bool = False
     dnn_hidden: tuple[PositiveInt, ...] = (200, 80)
     dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -82,7 +84,7 @@ class DIN(nn.Module):
         self.other_idx = [i for i, n in enumerate(names) if n not in embedding.history_names]
         d, s = embedding.embedding_dim, len(embedding.history_names)
         self.attention = LocalActivationUnit(s * d, config.attention_hidden, config.dnn_activation,
-                                             config.attention_softmax)
+                                             config.attention_softmax, config.attention_outer)
         self.tower = tower((len(self.other_idx) + s) * d, config.dnn_hidden, config.dnn_activation, config.dnn_dropout)
         init_dense_(self)
 

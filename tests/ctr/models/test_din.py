@@ -47,7 +47,7 @@ OTHERS = [{"user": 2, "item": 9, "genre": 1, "hist": [(i, i % 4) for i in range(
           {"user": 3, "item": 2, "genre": 3, "hist": []}]
 
 
-@pytest.mark.parametrize("kw", [{}, {"attention_softmax": True}, {"dnn_activation": "dice"}])
+@pytest.mark.parametrize("kw", [{}, {"attention_softmax": True}, {"dnn_activation": "dice"}, {"attention_outer": True}])
 def test_padding_never_changes_the_output(kw):
     model = din(**kw)
     with torch.no_grad():
@@ -134,3 +134,9 @@ def test_din_builds_from_the_registry_with_meta_tables():
         assert p.device.type == ("meta" if "embedding_bags" in n or ".ec.embeddings." in n else "cpu"), n
     assert {c.name for c in model.embedding.ec.embedding_configs()} == {"item", "genre"}  # shared with candidates
     assert model.embedding.ec.embedding_configs()[0].feature_names == ["item", "hist_item"]
+
+
+def test_outer_product_option_widens_the_attention_input():
+    e = 2 * 8  # item ⊕ genre
+    assert din().attention.score[0].in_features == 4 * e
+    assert din(attention_outer=True).attention.score[0].in_features == 4 * e + e * e
