@@ -7,8 +7,8 @@ Criteo sample by ``tests/serving/test_criteo_int8.py`` and here as max |Δp| aga
 
 Variants, each behind the same gRPC server (micro-batching, max batch 512) in its own process:
 
-* ``int8`` — what ``ctr serve`` runs: request rows → RowEncoder → FBGEMM int8 TBE + torch.compile'd dense towers;
-* ``int8-eager`` — the same without torch.compile;
+* ``int8`` — what ``ctr serve`` runs: request rows → RowEncoder → FBGEMM int8 TBE, eager dense towers;
+* ``int8-compiled`` — the same with ``--compile`` (torch.compile'd dense towers);
 * ``float-embeddingbag`` — RowEncoder → one float ``torch.nn.EmbeddingBag`` per table, eager dense;
 * ``bundle-score`` — the foundation's ``Bundle.score`` path: polars FeatureTransform (``replace_strict``
   against each vocabulary) → float TorchRec EBC, eager.
@@ -35,7 +35,7 @@ import torch
 
 OUT = Path("bench-results")
 WORK = OUT / "serving"
-VARIANTS = ["int8", "int8-eager", "float-embeddingbag", "bundle-score"]
+VARIANTS = ["int8", "int8-compiled", "float-embeddingbag", "bundle-score"]
 BATCHES = (1, 64, 512)
 CONCURRENCY = (1, 16)
 
@@ -110,8 +110,8 @@ def make_scorer(variant: str, bundle_dir: Path):
 
     bundle = load_bundle(bundle_dir)
     version = ModelVersion("bench-autoint-plus", variant, str(bundle_dir))
-    if variant in ("int8", "int8-eager"):
-        return Scorer(bundle, version, "int8", compile=variant == "int8")
+    if variant in ("int8", "int8-compiled"):
+        return Scorer(bundle, version, "int8", compile=variant == "int8-compiled")
     if variant == "float-embeddingbag":
         from torchrec.modules.embedding_modules import EmbeddingBagCollection
 

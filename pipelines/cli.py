@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--quant", choices=["int8", "int4", "fp16", "none"], default="int8")
     sv.add_argument("--missing", choices=["error", "null"], default="error",
                     help="an absent feature is an error (default) or a missing value")
-    sv.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="torch.compile the dense towers at load (default on; --no-compile starts faster)")
+    sv.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                    help="torch.compile the dense towers at load (tens of seconds per load; see the README's bench)")
     sv.add_argument("--max-batch", type=int, default=512, help="most rows per model call")
     sv.add_argument("--max-wait-ms", type=float, default=0.0, help="micro-batching wait for more requests")
     sv.add_argument("--max-examples", type=int, default=4096, help="most examples per request")

@@ -58,8 +58,8 @@ def embedding_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the embedding tables of ``model`` (float or quantized, scale/bias included)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, FLOAT_TABLES):
-            total += sum(p.numel() * p.element_size() for p in module.parameters())
+        if isinstance(module, (torch.nn.EmbeddingBag, torch.nn.Embedding)):  # leaves of EBC/EC and plain bags
+            total += module.weight.numel() * module.weight.element_size()
         elif isinstance(module, QUANT_TABLES):
             total += sum(b.numel() * b.element_size() for name, b in module.named_buffers()
                          if name.startswith(("embedding_bags.", "embeddings.")) and name.endswith(".weight"))
