@@ -33,7 +33,11 @@ def ray_head(tmp_path_factory):
     port, dash = _port(), _port()
     start = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
-             "--disable-usage-stats", f"--temp-dir={tmp}"]
+             "--disable-usage-stats", f"--temp-dir={tmp}",
+             # free ports for the per-node agents: another Ray in this session may hold the defaults
+             f"--dashboard-agent-listen-port={_port()}", f"--dashboard-agent-grpc-port={_port()}",
+             f"--metrics-export-port={_port()}", f"--runtime-env-agent-port={_port()}",
+             f"--node-manager-port={_port()}", f"--object-manager-port={_port()}"]
     # --block keeps `ray start` in the foreground; its own process group is ours to end (no `ray stop`)
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
