@@ -27,7 +27,7 @@ def _pyfunc_scores(uri: str, model_uri: str, rows: list[dict]) -> np.ndarray:
     return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame(rows)), dtype=np.float32)
 
 
-def _wait(cond, timeout=60.0, what="condition"):
+def _wait(cond, timeout=180.0, what="condition"):
     end = time.time() + timeout
     while time.time() < end:
         if cond():
