@@ -12,19 +12,8 @@ from ctr.features.schema import Schema
 from ctr.features.tensorize import EncodedColumns
 from ctr.features.transform import FeatureTransform
 from tests.conftest import require_shared
+from tests.ctr.features.test_transform import SCHEMA, TRAIN
 
-SCHEMA = Schema.model_validate({
-    "label": "y", "min_count": 1,
-    "fields": [{"name": "user"}, {"name": "item"}, {"name": "hist", "kind": "sequence", "table": "item", "max_len": 2},
-               {"name": "cnt", "kind": "numeric", "transform": "log_square"},
-               {"name": "price", "kind": "numeric", "transform": "standardize", "fill_value": 2.0},
-               {"name": "raw", "kind": "numeric", "source": "raw_col"}],
-})
-TRAIN = pl.DataFrame({
-    "user": ["1", "2", "1", None], "item": ["a", "b", "a", "c"], "hist": ["a|b|c", "", None, "b"],
-    "cnt": ["0", "3", "100", None], "price": ["1", "3", None, "2"], "raw_col": ["0.5", "1", "", "2"],
-    "y": [1.0, 0.0, 1.0, 0.0],
-})
 GOOD = {"user": "1", "item": "a", "hist": ["a", "b"], "cnt": 3, "price": 1.5, "raw_col": 0.5}
 
 
@@ -45,7 +34,8 @@ def _same(frame: pl.DataFrame, artifact: FeatureArtifact) -> EncodedColumns:
 def test_same_as_training_transform_small():
     art = FeatureArtifact.fit(TRAIN, SCHEMA)
     unseen = pl.DataFrame({"user": ["9", None], "item": ["zz", "b"], "hist": ["zz|a||b", None],
-                           "cnt": ["1e3", " 7 "], "price": ["nan", None], "raw_col": ["-2", ""], "y": [0.0, 1.0]})
+                           "cnt": ["1e3", " 7 "], "price": ["nan", None], "raw_col": ["-2", ""], "y": [0.0, 1.0],
+                           "_line": [6, 7]})
     got = _same(pl.concat([TRAIN, unseen]), art)
     assert got.ids[-2].tolist() == [0, 0]  # unseen user and item → OOV
     # typed request values (ints for categoricals, numbers, token lists) encode like their text
