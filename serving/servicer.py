@@ -58,8 +58,9 @@ def decode_value(value: scorer_pb2.Value):
     return getattr(value, kind)
 
 
-def decode_request(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> list[dict]:
-    """Rows of raw values (context merged in); raises InvalidRequestError for empty/oversize requests."""
+def decode_parts(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> tuple[dict, list[dict]]:
+    """(context, example rows) of raw values; InvalidRequestError for empty/oversize requests and for a
+    feature given both in the context and in an example."""
     n = len(request.examples)
     if n == 0:
         raise InvalidRequestError("the request has no examples; send at least one in `examples`", field="examples")
@@ -70,15 +71,19 @@ def decode_request(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> l
     rows = []
     for i, example in enumerate(request.examples):
         row = {k: decode_value(v) for k, v in example.features.items()}
-        if context:
-            both = context.keys() & row.keys()
-            if both:
-                name = sorted(both)[0]
-                raise InvalidRequestError(f"example {i}: feature {name!r} is given both in the context and in the "
-                                          "example; send it once", field=name, example=i)
-            row.update(context)
+        both = context.keys() & row.keys()
+        if both:
+            name = sorted(both)[0]
+            raise InvalidRequestError(f"example {i}: feature {name!r} is given both in the context and in the "
+                                      "example; send it once", field=name, example=i)
         rows.append(row)
-    return rows
+    return context, rows
+
+
+def decode_request(request: scorer_pb2.ScoreRequest, limits: RequestLimits) -> list[dict]:
+    """Rows of raw values with the context merged into each (see :func:`decode_parts`)."""
+    context, rows = decode_parts(request, limits)
+    return [{**row, **context} for row in rows] if context else rows
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
@@ -95,14 +100,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
 
     def _score_context(self, request, scorer):
         """DIN-style request: one user context with many candidates, history embedded once."""
-        context = {k: decode_value(v) for k, v in request.context.features.items()}
-        rows = decode_request(scorer_pb2.ScoreRequest(examples=request.examples), self.limits)
-        for i, row in enumerate(rows):
-            both = context.keys() & row.keys()
-            if both:
-                name = sorted(both)[0]
-                raise InvalidRequestError(f"example {i}: feature {name!r} is given both in the context and in the "
-                                          "example; send it once", field=name, example=i)
+        context, rows = decode_parts(request, self.limits)
         self.metrics.examples.observe(len(rows))
         probs = scorer.score_with_context(context, rows)
         if not np.isfinite(probs).all():
