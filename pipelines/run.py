@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from ctr.embeddings.tables import embedding_param_count
 from ctr.errors import CtrError
 from pipelines.spec import PipelineSpec
 from pipelines.stages import evaluate as evaluate_stage
@@ -77,6 +78,8 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
         tracker.log_metrics(_final_metrics(test, trained, oracle))
     baseline = _baseline(spec, tracker, prepared, run_dir) if spec.baseline is not None else None
     summary = _summary(spec, test, trained, prepared, run_dir, oracle, baseline)
+    summary["embedding_params"] = embedding_param_count(model)
+    tracker.log_metrics({"embedding_params": summary["embedding_params"]})
     with tracker.stage("register"):
         summary["bundle"] = str(register_stage.export(spec, model, prepared, run_dir))
         if tracker.run_id is not None:

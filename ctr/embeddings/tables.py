@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from pydantic import AfterValidator
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from ctr.embeddings.base import FieldLayout
 
@@ -110,3 +110,20 @@ def init_plain_tables(model: torch.nn.Module, seed: int) -> None:
                 for cfg in ebc.embedding_bag_configs():
                     weight = ebc.embedding_bags[cfg.name].weight
                     weight.copy_(table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed))
+
+
+def embedding_param_count(model: torch.nn.Module) -> int:
+    """Parameters held by the embedding tables of ``model`` (every ``EmbeddingBagCollection`` and
+    ``EmbeddingCollection``, first-order tables included; numeric-field vectors and dense layers
+    excluded). The summary JSON's ``embedding_params``; compact models from a search report fewer.
+    """
+    tables = (EmbeddingBagCollection, EmbeddingCollection)
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, tables):
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total

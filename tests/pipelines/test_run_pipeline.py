@@ -57,6 +57,9 @@ def test_register_load_identical_predictions(tiny_spec_file, tracking_uri, tmp_p
     from ctr.export.bundle import load_bundle
 
     bundle = load_bundle(summary["bundle"])
+    # DeepFM: an 8-wide table and a 4-wide first-order table (FBGEMM's minimum width) per categorical
+    # field; numeric-field vectors are not table parameters
+    assert summary["embedding_params"] == sum(bundle.artifact.table_sizes().values()) * (8 + 4)
     rows = _raw_rows(spec)
     local = bundle.score(rows)
     remote = _predict_fresh_process(tracking_uri, summary["model_uri"], rows, tmp_path)
