@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctr.errors import CtrError
-from pipelines.tracking import connect
+from pipelines.tracking import auth_error, auth_errors, connect
 
 REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))?$")
 
@@ -28,8 +28,8 @@ def list_versions(uri: str, name: str | None = None) -> list[VersionInfo]:
 
     try:
         models = [client.get_registered_model(name)] if name else client.search_registered_models()
-    except MlflowException:
-        raise CtrError(f"no registered model {name!r}; see `ctr models list`") from None
+    except MlflowException as exc:
+        raise auth_error(exc, uri) or CtrError(f"no registered model {name!r}; see `ctr models list`") from None
     out = []
     for m in models:
         for v in client.search_model_versions(f"name='{m.name}'"):
@@ -54,9 +54,10 @@ def resolve(client, ref: str):
         if version:
             return client.get_model_version(name, version)
         versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
+    except MlflowException as exc:
         what = f"alias @{alias}" if alias else f"version {version}" if version else "versions"
-        raise CtrError(f"model {name!r} has no {what}; see `ctr models list`") from None
+        raise auth_error(exc, client.tracking_uri) or CtrError(
+            f"model {name!r} has no {what}; see `ctr models list`") from None
     if not versions:
         raise CtrError(f"no registered model {name!r}; see `ctr models list`")
     return max(versions, key=lambda v: int(v.version))
@@ -104,9 +105,11 @@ def promote(uri: str, name: str, version: str, alias: str) -> None:
 
     try:
         client.get_model_version(name, str(version))
-    except MlflowException:
-        raise CtrError(f"model {name!r} has no version {version}; see `ctr models list`") from None
-    client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:
+        raise auth_error(exc, uri) or CtrError(f"model {name!r} has no version {version}; see `ctr models list`") \
+            from None
+    with auth_errors(uri):
+        client.set_registered_model_alias(name, alias, str(version))
 
 
 def download_bundle(uri: str, model_uri: str, dst: str | Path) -> Path:

@@ -14,11 +14,14 @@ beside it; ``MLFLOW_TRACKING_URI`` overrides (read once, in :mod:`pipelines.cli`
 import json
 import logging
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ctr.errors import CtrError
 
 log = logging.getLogger("ctr.pipelines")
 
@@ -45,13 +48,67 @@ def artifact_root_for(uri: str) -> str | None:
     return None
 
 
+class TrackingAuthError(CtrError):
+    """An MLflow server with authentication refused the request (HTTP 401 or 403).
+
+    Example: ``ctr run`` against ``mlflow server --app-name basic-auth`` without
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+    """
+
+
+def _redacted(uri: str) -> str:
+    """``uri`` without a ``user:password@`` part."""
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
+def auth_error(exc: BaseException, uri: str) -> TrackingAuthError | None:
+    """The one-line error for an MLflow 401/403 response, or None for any other exception.
+
+    Example: ``auth_error(MlflowException(..., error_code=UNAUTHENTICATED), "http://mlflow:5000")``
+    says to set ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    code = getattr(exc, "error_code", "")
+    where = f"the MLflow server at {_redacted(uri)}"
+    if code == "UNAUTHENTICATED":
+        return TrackingAuthError(f"{where} refused the request: not authenticated (HTTP 401); set "
+                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the credentials of "
+                                 "a user of that server (they are missing or wrong)")
+    if code == "PERMISSION_DENIED":
+        return TrackingAuthError(f"{where} refused the request: the user in MLFLOW_TRACKING_USERNAME lacks the "
+                                 "permission (HTTP 403); ask an MLflow admin for EDIT on the experiment and the "
+                                 "registered model, or choose another register.experiment / register.model_name")
+    return None
+
+
+@contextmanager
+def auth_errors(uri: str):
+    """Turn MLflow's 401/403 inside the block into :class:`TrackingAuthError` (one line, no traceback)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        err = auth_error(exc, uri)
+        if err is None:
+            raise
+        raise err from None
+
+
 def connect(uri: str):
-    """Point MLflow at ``uri`` and return a client."""
+    """Point MLflow at ``uri`` and return a client.
+
+    For an HTTP server one cheap request checks the credentials first, so a missing login fails
+    here with :class:`TrackingAuthError` rather than halfway through a pipeline.
+    """
     _quiet()
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        with auth_errors(uri):
+            client.search_experiments(max_results=1)
+    return client
 
 
 def ensure_experiment(client, name: str, uri: str) -> str:
@@ -202,9 +259,10 @@ class RunTracker:
         self._client = connect(self.uri)
         import mlflow
 
-        self.experiment_id = ensure_experiment(self._client, experiment, self.uri)
-        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags,
-                               description=description or None)
+        with auth_errors(self.uri):
+            self.experiment_id = ensure_experiment(self._client, experiment, self.uri)
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags,
+                                   description=description or None)
         self.run_id = run.info.run_id
         log.info("MLflow run %s (experiment %r) is RUNNING at %s", self.run_id, experiment, self.uri)
 
@@ -325,18 +383,19 @@ class RunTracker:
         import mlflow
         import pandas as pd
 
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_CODE),
-            artifacts={"bundle": str(bundle_dir)},
-            pip_requirements=_requirements(),
-            signature=model_signature(schema),
-            input_example=pd.DataFrame(input_example) if input_example else None,
-            registered_model_name=model_name,
-        )
-        version = str(info.registered_model_version)
-        for k, v in tags.items():
-            self._client.set_model_version_tag(model_name, version, k, str(v))
+        with auth_errors(self.uri):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(PYFUNC_CODE),
+                artifacts={"bundle": str(bundle_dir)},
+                pip_requirements=_requirements(),
+                signature=model_signature(schema),
+                input_example=pd.DataFrame(input_example) if input_example else None,
+                registered_model_name=model_name,
+            )
+            version = str(info.registered_model_version)
+            for k, v in tags.items():
+                self._client.set_model_version_tag(model_name, version, k, str(v))
         return f"models:/{model_name}/{version}", version
 
 
