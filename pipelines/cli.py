@@ -172,8 +172,24 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+SUBMIT_EPILOG = """\
+reaching the job server (deploy/): it listens only inside the cluster.
+  KubeRay:   kubectl port-forward svc/ctr-head-svc 8265:8265
+             (or run ctr submit in a pod labelled ctr.io/ray-client=true: --address http://ctr-head-svc:8265)
+  launcher:  ray dashboard deploy/cluster.yaml        (SSH tunnel to localhost:8265)
+  then:      ctr submit PIPELINE.yaml --address http://127.0.0.1:8265
+token: the deploy/kuberay clusters run Ray's token authentication; the client sends
+  "Authorization: Bearer <token>" when these are set:
+  export RAY_AUTH_MODE=token
+  export RAY_AUTH_TOKEN=$(kubectl get secret ctr-ray-auth -o jsonpath='{.data.auth_token}' | base64 -d)
+MLflow: the job logs with the cluster's MLflow login (Secret ctr-mlflow-login), not the submitter's.
+"""
+
+
 def _add_submit(sub) -> None:
-    su = sub.add_parser("submit", help="run a pipeline as a Ray job on a cluster (Job Submission API)")
+    su = sub.add_parser(
+        "submit", help="run a pipeline as a Ray job on a cluster (Job Submission API)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBMIT_EPILOG)
     su.add_argument("pipeline", help="pipeline YAML (relative to --working-dir when given)")
     su.add_argument("--address", required=True, help="Ray dashboard/job server, e.g. http://HEAD:8265")
     su.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config key")

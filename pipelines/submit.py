@@ -58,12 +58,35 @@ def check_stack(pins: list[str]) -> None:
                            "(deploy/Containerfile) on every node")
 
 
+REACH = ("the job server is reachable only inside the cluster: `kubectl port-forward svc/ctr-head-svc 8265:8265` "
+         "(KubeRay) or `ray dashboard deploy/cluster.yaml`, then --address http://127.0.0.1:8265")
+
+
+def auth_help(address: str) -> str:
+    """What to do when the job server at ``address`` refuses the request for want of Ray's token."""
+    return (f"the Ray job server at {address} refused the request (token authentication): export "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the cluster's token> (KubeRay: kubectl get secret ctr-ray-auth "
+            "-o jsonpath='{.data.auth_token}' | base64 -d)")
+
+
+def _refused(exc: BaseException, address: str) -> JobError | None:
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(exc, AuthenticationError):
+        return JobError(auth_help(address))
+    return None
+
+
 def client(address: str) -> JobSubmissionClient:
+    from ray.exceptions import AuthenticationError
+
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise JobError(auth_help(address)) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise JobError(f"no Ray job server at {address} ({str(exc).splitlines()[0][:200]}); "
-                       "pass the dashboard address, e.g. http://HEAD:8265") from None
+                       f"pass the dashboard address, e.g. http://HEAD:8265; {REACH}") from None
 
 
 def entrypoint(pipeline: str, overrides: list[str], experiment: str | None, python: str = "python") -> str:
@@ -78,7 +101,9 @@ def entrypoint(pipeline: str, overrides: list[str], experiment: str | None, pyth
 def submit(address: str, pipeline: str, overrides: list[str], *, experiment: str | None = None,
            tracking_uri: str, working_dir: str | None = None, python: str = "python") -> str:
     """Submit ``ctr run PIPELINE`` as a Ray job; returns the submission id."""
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": "disabled",
+    # the job's driver joins the cluster in the submitter's auth mode; a token cluster's pods carry the
+    # token themselves (a Secret), so it never travels in the runtime env (Ray shows that to anyone)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
     runtime_env: dict = {"env_vars": env}
     if working_dir:
@@ -93,7 +118,12 @@ def submit(address: str, pipeline: str, overrides: list[str], *, experiment: str
             return c.submit_job(entrypoint=entrypoint(pipeline, overrides, experiment, python),
                                 runtime_env=runtime_env,
                                 metadata={"ctr.pipeline": Path(pipeline).name, "ctr.stack": " ".join(pinned_stack())})
-        except RuntimeError as exc:
+        except Exception as exc:
+            refused = _refused(exc, address)
+            if refused is not None:
+                raise refused from None
+            if not isinstance(exc, RuntimeError):
+                raise
             # a freshly started head answers before its job agent is up: Ray says "try again later"
             if "No available agent" in str(exc) and time.monotonic() < deadline:
                 time.sleep(2)
@@ -112,15 +142,25 @@ def wait(address: str, job_id: str, timeout_s: float, poll_s: float = 1.0) -> Jo
 
 
 def status_of(c: JobSubmissionClient, job_id: str) -> JobStatus:
+    from ray.exceptions import AuthenticationError
+
     try:
         return c.get_job_status(job_id)
+    except AuthenticationError:
+        raise JobError(auth_help(c.get_address())) from None
     except RuntimeError:
         raise JobError(f"no job {job_id!r} on this cluster; `ctr jobs list` shows the ids") from None
 
 
 def jobs(address: str) -> list[dict]:
+    from ray.exceptions import AuthenticationError
+
     rows = []
-    for j in client(address).list_jobs():
+    try:
+        listed = client(address).list_jobs()
+    except AuthenticationError:
+        raise JobError(auth_help(address)) from None
+    for j in listed:
         rows.append({"id": j.submission_id or j.job_id, "status": str(j.status.value), "entrypoint": j.entrypoint,
                      "start": j.start_time, "end": j.end_time, "message": j.message or ""})
     return sorted(rows, key=lambda r: r["start"] or 0)
