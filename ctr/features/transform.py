@@ -64,6 +64,17 @@ class FeatureTransform:
         self._raise_unparseable(out)
         return out.drop([c.meta.output_name() for c in checks] + ([LINE] if LINE in dtypes else []))
 
+    def encode_lazy(self, rows: pl.LazyFrame) -> pl.LazyFrame:
+        """The encoding of :meth:`apply` as a lazy query (for streaming ``prepare``).
+
+        Unlike :meth:`apply` it does not check numeric text: the readers already reject (or skip)
+        rows whose numeric fields do not parse, and an unparseable value would encode as ``fill_value``.
+        """
+        dtypes = rows.collect_schema()
+        self._check_columns(dtypes)
+        exprs = [self._encode(f, dtypes[f.column]) for f in self.schema.fields]
+        return rows.select(exprs + self._label_and_group(dtypes))
+
     def _check_columns(self, dtypes: pl.Schema) -> None:
         missing = [f.column for f in self.schema.fields if f.column not in dtypes]
         if missing:
