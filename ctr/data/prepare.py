@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 
 from ctr.data.badrows import ReadReport
-from ctr.data.readers import SPLITS, DataConfig, read_files
-from ctr.data.split import split_frames
+from ctr.data.readers import SPLITS, DataConfig, scan_staged, stage_source
+from ctr.data.split import column_code_expr, ratio_codes
 from ctr.errors import ArtifactError, DataError
 from ctr.features.artifact import FeatureArtifact
 from ctr.features.schema import Schema
@@ -32,8 +32,9 @@ from ctr.features.tensorize import EncodedColumns
 from ctr.features.transform import FeatureTransform
 
 log = logging.getLogger("ctr.data")
-PREPARE_FORMAT = "ctr-prepared/1"
-SHARD_ROWS = 1_000_000
+PREPARE_FORMAT = "ctr-prepared/2"
+ROW_GROUP_ROWS = 65_536
+SPLIT_CODE = "_split_code"
 
 
 @dataclass
@@ -113,34 +114,72 @@ def _stat(path: str) -> list:
 
 def _build(data_cfg: DataConfig, schema: Schema, sources: dict[str, list[str]], out: Path, key: str) -> None:
     start = time.perf_counter()
-    frames, reports = _read_all(data_cfg, schema, sources)
-    splits = split_frames(frames, data_cfg)
-    log.info("prepare [2/4] split: %s", {s: f.height for s, f in splits.items()})
+    staging = out / "_staged"
+    staging.mkdir(parents=True)
+    staged, reports = _stage_all(data_cfg, schema, sources, staging)
+    splits = split_scans(staged, data_cfg)
     artifact = FeatureArtifact.fit(splits["train"], schema)
     artifact.save(out / "features")
     log.info("prepare [3/4] fit on train: table sizes %s", _short(artifact.table_sizes()))
     transform = FeatureTransform(artifact)
     rows = {}
-    for split, frame in splits.items():
-        rows[split] = _write_shards(transform.apply(frame), out / split)
+    for split, lf in splits.items():
+        rows[split] = _write_split(transform.encode_lazy(lf), out / split)
+    shutil.rmtree(staging)
     log.info("prepare [4/4] encoded %s in %.1fs", rows, time.perf_counter() - start)
+    for split, n in rows.items():
+        if n == 0:
+            log.warning("split %s is empty", split)
     meta = {"format": PREPARE_FORMAT, "key": key, "rows": rows,
             "skipped": {r.file: r.rows_skipped for r in reports},
             "reports": [r.__dict__ for r in reports], "feature_hash": artifact.content_hash}
     (out / "prepared.json").write_text(json.dumps(meta, indent=2))
 
 
-def _read_all(data_cfg: DataConfig, schema: Schema,
-              sources: dict[str, list[str]]) -> tuple[dict[str, pl.DataFrame], list[ReadReport]]:
+def _stage_all(data_cfg: DataConfig, schema: Schema, sources: dict[str, list[str]],
+               staging: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[ReadReport]]:
+    """Stream every source file to a staged Parquet file; split → [(staged file, kept rows)]."""
     wanted = schema.raw_columns + ([data_cfg.split.column] if data_cfg.split.column else [])
     numeric = {f.column for f in schema.numeric_fields}
-    frames, reports = {}, []
+    staged, reports = {}, []
     for split, paths in sources.items():
-        frames[split], got = read_files(paths, data_cfg, wanted, label=schema.label, numeric=numeric)
+        got = []
+        for i, path in enumerate(paths):
+            target = staging / f"{split}-{i:05d}.parquet"
+            got.append(stage_source(path, data_cfg, target, wanted, label=schema.label, numeric=numeric))
+            staged.setdefault(split, []).append((target, got[-1].rows_kept))
         reports += got
-        log.info("prepare [1/4] read %s: %d rows from %d file(s)%s", split, frames[split].height, len(paths),
-                 _skip_note(got))
-    return frames, reports
+        log.info("prepare [1/4] read %s: %d rows from %d file(s)%s", split, sum(r.rows_kept for r in got),
+                 len(paths), _skip_note(got))
+    return staged, reports
+
+
+def split_scans(staged: dict[str, list[tuple[Path, int]]], cfg: DataConfig) -> dict[str, pl.LazyFrame]:
+    """Split → lazy scan of its raw rows in source order; missing splits carved out of train.
+
+    The same assignment as :func:`ctr.data.split.split_frames` (identical rows and order), computed
+    from 1 byte per train row (ratio split) or from the split column, never holding the rows.
+    """
+    scans = {s: pl.concat([scan_staged(p) for p, _ in files]) for s, files in staged.items()}
+    missing = [s for s in SPLITS[1:] if s not in scans]
+    out = dict(scans)
+    if missing:
+        train = scans["train"]
+        if cfg.split.column is not None:
+            col = cfg.split.column
+            names = train.collect_schema().names()
+            if col not in names:
+                raise DataError(f"split.column {col!r} is not among the columns read: {names}", column=col)
+            code = column_code_expr(cfg, missing)
+            coded = train.with_columns(code.alias(SPLIT_CODE))
+        else:
+            n = sum(rows for _, rows in staged["train"])
+            codes = ratio_codes(n, cfg.split.ratios, cfg.split.seed, missing)
+            coded = pl.concat([train, pl.LazyFrame({SPLIT_CODE: codes})], how="horizontal")
+        for s in ["train", *missing]:
+            out[s] = coded.filter(pl.col(SPLIT_CODE) == SPLITS.index(s)).drop(SPLIT_CODE)
+    log.info("prepare [2/4] split: %s", ", ".join(f"{s}" + (" (carved)" if s in missing else "") for s in SPLITS))
+    return {s: out[s] for s in SPLITS}
 
 
 def _skip_note(reports: list[ReadReport]) -> str:
@@ -154,11 +193,15 @@ def _short(sizes: dict[str, int], n: int = 8) -> str:
     return text + (f", ... ({len(items)} tables)" if len(items) > n else "")
 
 
-def _write_shards(frame: pl.DataFrame, folder: Path) -> int:
+def _write_split(encoded: pl.LazyFrame, folder: Path) -> int:
+    """Sink one encoded split to ``folder/part-00000.parquet`` in row groups of :data:`ROW_GROUP_ROWS`."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i, offset in enumerate(range(0, max(frame.height, 1), SHARD_ROWS)):
-        frame.slice(offset, SHARD_ROWS).write_parquet(folder / f"part-{i:05d}.parquet")
-    return frame.height
+    target = folder / "part-00000.parquet"
+    try:
+        encoded.sink_parquet(str(target), row_group_size=ROW_GROUP_ROWS, engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"cannot encode these rows: {str(exc).strip().splitlines()[0]}") from None
+    return int(pl.scan_parquet(str(target)).select(pl.len()).collect().item())
 
 
 def _load_cached(root: Path) -> PreparedData | None:

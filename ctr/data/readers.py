@@ -25,6 +25,7 @@ AVAZU_COLUMNS = ("id", "click", "hour", "C1", "banner_pos", "site_id", "site_dom
                  "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21")
 DEFAULT_LABEL = {"criteo": "label", "avazu": "click", "libfm": "label"}
 SPLITS = ("train", "valid", "test")
+STAGE_ROW_GROUP = 100_000
 
 
 class SplitConfig(StrictConfig):
@@ -192,6 +193,74 @@ def read_source(path: str | Path, cfg: DataConfig, wanted_columns: Iterable[str]
     if BadRowPolicy(cfg.on_bad_row).decide(report, bad.height, first) is Decision.SKIP:
         frame = frame.filter(~pl.col(BAD))
     return frame.drop(BAD), report
+
+
+def stage_source(path: str | Path, cfg: DataConfig, out: str | Path, wanted_columns: Iterable[str] | None = None,
+                 *, label: str | None = None, numeric: Iterable[str] = ()) -> ReadReport:
+    """Streaming :func:`read_source`: write the file's raw columns to the Parquet file ``out`` in bounded memory.
+
+    The parsed rows are sunk to ``out`` with polars' streaming engine (row groups of
+    :data:`STAGE_ROW_GROUP` rows), malformed rows flagged in the ``_bad`` column; then the bad-row
+    policy is applied on the staged file (a column scan). Read the kept rows back with
+    :func:`scan_staged`. Same columns, checks and errors as :func:`read_source`.
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        where = "" if Path(path).is_absolute() else f" (resolved against {Path.cwd()})"
+        raise DataError(f"file not found{where}; check the data section of the pipeline", file=path)
+    label = label if label is not None else DEFAULT_LABEL.get(cfg.format)
+    if cfg.format in ("events", "parquet"):
+        lf, fmt, checked = _staged_query(path, cfg, wanted_columns, label, numeric)
+    else:
+        fmt = _line_format(path, cfg, label)
+        wanted = _wanted(path, wanted_columns, fmt.available)
+        checked = set(numeric) & set(wanted)
+        lf = parse_lines(path, fmt, wanted, checked)
+    try:
+        lf.sink_parquet(str(out), row_group_size=STAGE_ROW_GROUP, engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"could not read the file: {first}", file=path) from None
+    staged = pl.scan_parquet(str(out))
+    counts = staged.select(pl.len().alias("rows"), pl.col(BAD).sum().alias("bad")).collect().row(0, named=True)
+    report = ReadReport(path, int(counts["rows"]))
+    if report.rows_read == 0:
+        raise DataError("file has a header but no data rows" if fmt is not None else "file is empty", file=path)
+    first = None
+    if counts["bad"]:
+        row = staged.filter(pl.col(BAD)).head(1).collect()
+        line = int(row[LINE][0])
+        if fmt is not None:
+            first = BadRow(line, *diagnose(fmt, line_text(path, line), checked))
+        else:
+            first = _parquet_diagnosis(row, label, checked)
+    BadRowPolicy(cfg.on_bad_row).decide(report, int(counts["bad"]), first)
+    return report
+
+
+def scan_staged(path: str | Path) -> pl.LazyFrame:
+    """The kept rows of a file written by :func:`stage_source` (raw columns, label and ``_line``)."""
+    lf = pl.scan_parquet(str(path))
+    drop = [BAD] + [c for c in lf.collect_schema().names() if c.startswith("_raw_")]
+    return lf.filter(~pl.col(BAD)).drop(drop)
+
+
+def _staged_query(path: str, cfg: DataConfig, wanted_columns: Iterable[str] | None, label: str | None,
+                  numeric: Iterable[str]) -> tuple[pl.LazyFrame, None, set[str]]:
+    if cfg.format == "events":  # DIN samples are built in memory (per-user histories)
+        frame = din_samples(cfg.events, path)
+        wanted = _wanted(path, wanted_columns, frame.columns)
+        cols = [*wanted, *([LINE] if LINE not in wanted else [])]
+        return frame.lazy().select(*cols, pl.lit(False).alias(BAD)), None, set()
+    lf = pl.scan_parquet(path)
+    try:
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]})", file=path) from None
+    wanted = _wanted(path, wanted_columns, list(schema.names()))
+    checked = set(numeric) & set(wanted)
+    exprs = _parquet_columns(schema, wanted, label, set(numeric))
+    return lf.with_row_index(LINE, offset=1).select(*exprs, pl.col(LINE).cast(pl.Int64)), None, checked
 
 
 def _line_format(path: str, cfg: DataConfig, label: str | None) -> LineFormat:

@@ -52,28 +52,48 @@ def split_sizes(n: int, ratios: tuple[float, float, float], carved: list[str]) -
     return sizes
 
 
-def _by_ratio(train: pl.DataFrame, ratios, seed: int, carved: list[str]) -> dict[str, pl.DataFrame]:
-    sizes = split_sizes(train.height, ratios, carved)
-    perm = np.random.default_rng(seed).permutation(train.height)
-    out, start = {}, 0
+def ratio_codes(n: int, ratios, seed: int, carved: list[str]) -> np.ndarray:
+    """Split code (index into ``SPLITS``) of each of ``n`` train rows under a ratio split.
+
+    One seeded permutation of ``range(n)`` cut into the exact :func:`split_sizes` (train first, then
+    the carved splits in order); 1 byte per row, so a streaming ``prepare`` can assign rows to splits
+    without holding them.
+    """
+    sizes = split_sizes(n, ratios, carved)
+    perm = np.random.default_rng(seed).permutation(n)
+    codes = np.zeros(n, dtype=np.uint8)
+    start = 0
     for s in ["train", *carved]:
-        idx = np.sort(perm[start:start + sizes[s]])
-        out[s] = train[idx]
+        codes[perm[start:start + sizes[s]]] = SPLITS.index(s)
         start += sizes[s]
-    return out
+    return codes
+
+
+def column_code_expr(cfg: DataConfig, carved: list[str]) -> pl.Expr:
+    """Split code of a row under a column split (null: the row matches no split's values)."""
+    value = pl.col(cfg.split.column).cast(pl.String)
+    listed = [v for s in carved for v in (getattr(cfg.split, s) or [])]
+    code = pl.lit(None, pl.UInt8)
+    if cfg.split.train is None:
+        code = pl.when(~value.is_in(listed) | value.is_null()).then(pl.lit(0, pl.UInt8)).otherwise(code)
+    else:
+        code = pl.when(value.is_in(cfg.split.train)).then(pl.lit(0, pl.UInt8)).otherwise(code)
+    for s in carved:
+        code = pl.when(value.is_in(getattr(cfg.split, s) or [])).then(pl.lit(SPLITS.index(s), pl.UInt8)).otherwise(code)
+    return code
+
+
+def _by_ratio(train: pl.DataFrame, ratios, seed: int, carved: list[str]) -> dict[str, pl.DataFrame]:
+    codes = ratio_codes(train.height, ratios, seed, carved)
+    return {s: train.filter(pl.Series(codes == SPLITS.index(s))) for s in ["train", *carved]}
 
 
 def _by_column(train: pl.DataFrame, cfg: DataConfig, carved: list[str]) -> dict[str, pl.DataFrame]:
     col = cfg.split.column
     if col not in train.columns:
         raise DataError(f"split.column {col!r} is not among the columns read: {train.columns}", column=col)
-    value = pl.col(col).cast(pl.String)
-    listed = [v for s in carved for v in (getattr(cfg.split, s) or [])]
-    out = {s: train.filter(value.is_in(getattr(cfg.split, s) or [])) for s in carved}
-    if cfg.split.train is None:
-        out["train"] = train.filter(~value.is_in(listed) | value.is_null())
-    else:
-        out["train"] = train.filter(value.is_in(cfg.split.train))
+    codes = train.select(column_code_expr(cfg, carved).alias("_split"))["_split"]
+    out = {s: train.filter(codes == SPLITS.index(s)) for s in ["train", *carved]}
     dropped = train.height - sum(f.height for f in out.values())
     if dropped:
         log.warning("column split on %r: %d row(s) match no split's values and are dropped", col, dropped)

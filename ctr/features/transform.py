@@ -64,6 +64,30 @@ class FeatureTransform:
         self._raise_unparseable(out)
         return out.drop([c.meta.output_name() for c in checks] + ([LINE] if LINE in dtypes else []))
 
+    def encode_lazy(self, rows: pl.LazyFrame) -> pl.LazyFrame:
+        """The encoding of :meth:`apply` as a lazy query (for streaming ``prepare``).
+
+        Unlike :meth:`apply` it does not check numeric text: the readers already reject (or skip)
+        rows whose numeric fields do not parse, and an unparseable value would encode as ``fill_value``.
+        Categorical ids come from left joins on the vocabularies (``maintain_order="left"``), which
+        polars' streaming engine runs batch by batch; the same ids as :meth:`apply`'s lookups.
+        """
+        dtypes = rows.collect_schema()
+        self._check_columns(dtypes)
+        lf, exprs = rows, []
+        for spec in self.schema.fields:
+            if spec.kind != "categorical":
+                exprs.append(self._encode(spec, dtypes[spec.column]))
+                continue
+            key, found = f"_key_{spec.name}", f"_id_{spec.name}"
+            values, ids = self._maps.get(spec.table_name, (pl.Series([], dtype=pl.String),
+                                                           pl.Series([], dtype=pl.Int64)))
+            vocab = pl.LazyFrame({key: values, found: ids})
+            lf = (lf.with_columns(category_expr(spec.column).alias(key))
+                  .join(vocab, on=key, how="left", maintain_order="left").drop(key))
+            exprs.append(pl.col(found).fill_null(0).cast(pl.Int64).alias(spec.name))
+        return lf.select(exprs + self._label_and_group(dtypes))
+
     def _check_columns(self, dtypes: pl.Schema) -> None:
         missing = [f.column for f in self.schema.fields if f.column not in dtypes]
         if missing:

@@ -1,6 +1,7 @@
 import logging
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from ctrdata_samples import schema
 
@@ -67,11 +68,13 @@ def test_second_run_is_a_cache_hit_with_the_same_data(files, tmp_path, caplog):
     assert not prepare(config(train, test), SCHEMA, tmp_path / "cache").cache_hit
 
 
-def test_many_shards(files, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "SHARD_ROWS", 10)
+def test_splits_are_written_in_row_groups(files, tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "ROW_GROUP_ROWS", 10)
     train, test = files
     p = prepare(config(train, test), SCHEMA, tmp_path / "cache")
-    assert sorted(f.name for f in p.split_paths["train"].iterdir()) == [f"part-0000{i}.parquet" for i in range(4)]
+    assert sorted(f.name for f in p.split_paths["train"].iterdir()) == ["part-00000.parquet"]
+    meta = pq.ParquetFile(p.split_paths["train"] / "part-00000.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10, 10, 10, 2]
     assert len(load_split(p, "train")) == 32
 
 
