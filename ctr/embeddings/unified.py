@@ -36,7 +36,8 @@ class UnifiedEmbeddingConfig(BudgetConfig):
     """Args (besides :class:`~ctr.embeddings.hashed.BudgetConfig`'s ``budget``, ``rows``, ``init_std``):
         name (str): always ``unified``.
         chunks (int): chunks (independent lookups) per feature.
-        chunk_dim (int | None): width of a chunk (multiple of 4); ``None`` = ``D / chunks``.
+        chunk_dim (int | None): width of a chunk (multiple of 4); ``None`` = ``D / chunks`` rounded down
+            to a multiple of 4 (at least 4).
         chunks_per_feature (dict[str, int]): per-feature override of ``chunks``.
         num_tables (int): shared sub-tables (for sharding balance).
     """
@@ -79,7 +80,7 @@ class UnifiedEmbedding(FieldEmbedding):
         super().__init__()
         schema = layout.schema
         hashed = hashed_tables_of(layout, "unified")
-        chunk_dim = config.chunk_dim or dim // config.chunks
+        chunk_dim = config.chunk_dim or max(4, dim // config.chunks // 4 * 4)
         check_dim(chunk_dim, "unified chunk_dim")
         unknown = sorted(set(config.chunks_per_feature) - {f.name for f in schema.sparse_fields})
         if unknown:
