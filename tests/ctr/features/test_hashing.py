@@ -13,8 +13,16 @@ import torch
 
 from ctr.errors import ArtifactError
 from ctr.features.artifact import FeatureArtifact
-from ctr.features.hashing import (MASK64, SPEC, chunk_rows, chunk_rows_np, chunk_salt, fmix_int, hash_text,
-                                  hash_texts)
+from ctr.features.hashing import (
+    MASK64,
+    SPEC,
+    chunk_rows,
+    chunk_rows_np,
+    chunk_salt,
+    fmix_int,
+    hash_text,
+    hash_texts,
+)
 from ctr.features.row_encoder import RowEncoder
 from ctr.features.schema import Schema
 from ctr.features.transform import FeatureTransform
