@@ -7,7 +7,8 @@ Folder layout::
     numeric.json    numeric field → {"mean", "std"} (raw value after fill_value, fit on train)
     hashing.json    only when some table is hash-encoded: {"spec", "seed", "tables", "cardinality"}
                     (the hash spec of :mod:`ctr.features.hashing`, the hashed tables and their number of
-                    distinct train values; no values are stored, so its size does not grow with them)
+                    distinct train values seen ``min_count`` times, i.e. the rows a vocabulary would have:
+                    the collisionless reference of embedding budgets; no values are stored)
     manifest.json   format version, sha256 of each file above and their combined content hash
 
 :meth:`FeatureArtifact.load` verifies every checksum and raises :class:`~ctr.errors.ArtifactError`

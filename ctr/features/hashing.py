@@ -22,9 +22,13 @@ pins golden values.
 
 from collections.abc import Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
-import torch
+
+if TYPE_CHECKING:  # the torch version below only uses tensor operators: this module never imports torch
+    import torch
 
 SPEC = "ctr-hash/1"
 MASK64 = (1 << 64) - 1
@@ -114,7 +118,7 @@ def chunk_rows_np(ids: np.ndarray, salt: int, rows: int) -> np.ndarray:
     return ((z >> np.uint64(1)) % np.uint64(rows)).astype(np.int64)
 
 
-def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+def _shr(z: "torch.Tensor", k: int) -> "torch.Tensor":
     """Logical right shift of int64 bits (torch's ``>>`` on int64 is arithmetic)."""
     return (z >> k) & ((1 << (64 - k)) - 1)
 
@@ -126,13 +130,14 @@ def _wrap(x: int) -> int:
 _M1_S, _M2_S = _wrap(_M1), _wrap(_M2)
 
 
-def chunk_rows(ids: torch.Tensor, salt: int, rows: int) -> torch.Tensor:
+def chunk_rows(ids: "torch.Tensor", salt: int, rows: int) -> "torch.Tensor":
     """Row of each encoded id (int64 hash bits) in a ``rows``-row table for one (table, chunk) salt.
 
     Torch int64 arithmetic wraps like uint64 modulo 2^64, so this equals :func:`chunk_rows_np`.
 
     Example::
 
+        >>> import torch
         >>> ids = torch.from_numpy(hash_texts(["x", "y"]))
         >>> bool((chunk_rows(ids, chunk_salt("t", 0), 10) < 10).all())
         True
@@ -141,4 +146,4 @@ def chunk_rows(ids: torch.Tensor, salt: int, rows: int) -> torch.Tensor:
     z = (z ^ _shr(z, 30)) * _M1_S
     z = (z ^ _shr(z, 27)) * _M2_S
     z = z ^ _shr(z, 31)
-    return torch.remainder(_shr(z, 1), rows)
+    return _shr(z, 1) % rows  # non-negative after the shift, so % is the plain remainder
