@@ -21,7 +21,6 @@ pins golden values.
 """
 
 from collections.abc import Iterable, Sequence
-
 from typing import TYPE_CHECKING
 
 import numpy as np
