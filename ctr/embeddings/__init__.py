@@ -5,11 +5,15 @@ module is built as ``Module(layout, dim, config, device)``.
 """
 
 from ctr.config import StrictConfig
+from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
+from ctr.embeddings.unified import UnifiedEmbedding, UnifiedEmbeddingConfig
 from ctr.errors import ConfigError
 
 METHODS = {
     "plain": (PlainEmbeddingConfig, PlainEmbedding),
+    "hashed": (HashedEmbeddingConfig, HashedEmbedding),
+    "unified": (UnifiedEmbeddingConfig, UnifiedEmbedding),
 }
 
 
@@ -29,4 +33,5 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
     return METHODS[name][0].parse({**raw, "name": name}, path)
 
 
-__all__ = ["METHODS", "PlainEmbedding", "PlainEmbeddingConfig", "parse_embedding_config"]
+__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "PlainEmbedding", "PlainEmbeddingConfig",
+           "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]

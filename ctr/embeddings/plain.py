@@ -16,6 +16,7 @@ from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields
 from ctr.embeddings.mba import MiniBatchAwareL2
 from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
 from ctr.embeddings.tables import table_configs
+from ctr.errors import ConfigError
 
 
 class PlainEmbeddingConfig(StrictConfig):
@@ -81,6 +82,9 @@ class PlainEmbedding(FieldEmbedding):
     def __init__(self, layout: FieldLayout, dim: int, config: PlainEmbeddingConfig,
                  device: torch.device | None = None, prefix: str = "") -> None:
         super().__init__()
+        if layout.hashed_tables:
+            raise ConfigError(f"tables {list(layout.hashed_tables)} are hash-encoded (no vocabulary); use "
+                              "embedding hashed or unified, or encoding: vocab in the features", "embedding.name")
         schema = layout.schema
         self.num_fields = layout.num_fields
         self.embedding_dim = dim

@@ -5,6 +5,10 @@ Folder layout::
     schema.json     the feature Schema
     vocab.parquet   columns table, id, value, count (id 0 = OOV, its value null, its count = rare values)
     numeric.json    numeric field → {"mean", "std"} (raw value after fill_value, fit on train)
+    hashing.json    only when some table is hash-encoded: {"spec", "seed", "tables", "cardinality"}
+                    (the hash spec of :mod:`ctr.features.hashing`, the hashed tables and their number of
+                    distinct train values seen ``min_count`` times, i.e. the rows a vocabulary would have:
+                    the collisionless reference of embedding budgets; no values are stored)
     manifest.json   format version, sha256 of each file above and their combined content hash
 
 :meth:`FeatureArtifact.load` verifies every checksum and raises :class:`~ctr.errors.ArtifactError`
@@ -21,12 +25,14 @@ import polars as pl
 from pydantic import ValidationError
 
 from ctr.errors import ArtifactError
+from ctr.features.hashing import SPEC as HASH_SPEC
 from ctr.features.layout import FieldLayout
 from ctr.features.schema import Schema
-from ctr.features.vocab import VOCAB_SCHEMA, fit_numeric_stats, fit_vocab
+from ctr.features.vocab import VOCAB_SCHEMA, fit_cardinality, fit_numeric_stats, fit_vocab
 
 FORMAT = "ctr-features/1"
 FILES = ("schema.json", "vocab.parquet", "numeric.json")
+HASHING_FILE = "hashing.json"
 
 
 class FeatureArtifact:
@@ -36,6 +42,7 @@ class FeatureArtifact:
         schema (Schema): the feature schema the rest was fit for.
         vocab (pl.DataFrame): ``table, id, value, count`` rows for every table (id 0 = OOV).
         numeric (dict[str, dict[str, float]]): numeric field name → ``{"mean", "std"}``.
+        hashing (dict | None): ``{"spec", "seed", "tables", "cardinality"}`` when tables are hash-encoded.
 
     Example::
 
@@ -46,8 +53,9 @@ class FeatureArtifact:
     """
 
     def __init__(self, schema: Schema, vocab: pl.DataFrame, numeric: dict[str, dict[str, float]],
-                 content_hash: str | None = None) -> None:
+                 content_hash: str | None = None, hashing: dict | None = None) -> None:
         self.schema = schema
+        self.hashing = hashing if hashing and hashing.get("tables") else None
         self.vocab = vocab.cast(VOCAB_SCHEMA).select(list(VOCAB_SCHEMA)).sort(["table", "id"])
         self.numeric = {k: dict(v) for k, v in numeric.items()}
         self._hash = content_hash
@@ -55,7 +63,24 @@ class FeatureArtifact:
     @classmethod
     def fit(cls, train: pl.DataFrame | pl.LazyFrame, schema: Schema) -> "FeatureArtifact":
         """Fit vocabularies and numeric statistics on the train split's raw columns."""
-        return cls(schema, fit_vocab(train, schema), fit_numeric_stats(train, schema))
+        hashing = None
+        candidates = schema.hash_candidates()
+        if candidates:
+            cards = fit_cardinality(train, schema, candidates)
+            hashed = [t for t in candidates if cards[t] >= schema.hash_min_cardinality]
+            hashing = {"spec": HASH_SPEC, "seed": schema.hash_seed, "tables": hashed,
+                       "cardinality": {t: cards[t] for t in hashed}}
+        skip = set(hashing["tables"]) if hashing else set()
+        return cls(schema, fit_vocab(train, schema, skip), fit_numeric_stats(train, schema), hashing=hashing)
+
+    @property
+    def hashed_tables(self) -> list[str]:
+        """Tables encoded by hashing (no vocabulary), in schema order."""
+        return list(self.hashing["tables"]) if self.hashing else []
+
+    @property
+    def hash_seed(self) -> int:
+        return int(self.hashing["seed"]) if self.hashing else self.schema.hash_seed
 
     @cached_property
     def _tables(self) -> dict[str, pl.DataFrame]:
@@ -68,7 +93,9 @@ class FeatureArtifact:
 
     def table_sizes(self) -> dict[str, int]:
         """Table → embedding rows (vocabulary size + 1 for OOV id 0), in schema order."""
-        return {t: int(self._tables[t]["id"].max()) + 1 if t in self._tables else 1 for t in self.schema.tables}
+        cards = self.hashing["cardinality"] if self.hashing else {}
+        return {t: int(cards[t]) + 1 if t in cards else int(self._tables[t]["id"].max()) + 1
+                if t in self._tables else 1 for t in self.schema.tables}
 
     def table_counts(self) -> dict[str, list[int]]:
         """Table → train count of every id (index = id; index 0 = values below min_count)."""
@@ -76,7 +103,8 @@ class FeatureArtifact:
 
     def layout(self) -> FieldLayout:
         """The :class:`~ctr.features.layout.FieldLayout` model and embedding builders take."""
-        return FieldLayout(self.schema, self.table_sizes(), self.table_counts())
+        return FieldLayout(self.schema, self.table_sizes(), self.table_counts(), tuple(self.hashed_tables),
+                           self.hash_seed)
 
     @property
     def content_hash(self) -> str:
@@ -88,9 +116,12 @@ class FeatureArtifact:
     def _payload(self) -> dict[str, bytes]:
         buf = io.BytesIO()
         self.vocab.write_parquet(buf, statistics=False)
-        return {"schema.json": self.schema.model_dump_json(indent=2).encode(),
-                "vocab.parquet": buf.getvalue(),
-                "numeric.json": json.dumps(self.numeric, indent=2, sort_keys=True).encode()}
+        out = {"schema.json": self.schema.model_dump_json(indent=2).encode(),
+               "vocab.parquet": buf.getvalue(),
+               "numeric.json": json.dumps(self.numeric, indent=2, sort_keys=True).encode()}
+        if self.hashing:
+            out[HASHING_FILE] = json.dumps(self.hashing, indent=2, sort_keys=True).encode()
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Write the folder (files first, manifest last) and return its path."""
@@ -112,7 +143,7 @@ class FeatureArtifact:
         root = Path(directory)
         manifest = _read_manifest(root)
         payload = {}
-        for name in FILES:
+        for name in FILES + ((HASHING_FILE,) if HASHING_FILE in manifest["files"] else ()):
             path = root / name
             if not path.is_file():
                 raise ArtifactError(f"{path}: missing; the feature artifact is incomplete, run prepare again")
@@ -120,7 +151,8 @@ class FeatureArtifact:
             if _sha256(payload[name]) != manifest["files"].get(name):
                 raise ArtifactError(f"{path}: checksum differs from manifest.json; the artifact was modified "
                                     "after it was written, run prepare again")
-        return cls(*_parse(root, payload), content_hash=manifest["content_sha256"])
+        hashing = _parse_hashing(root, payload)
+        return cls(*_parse(root, payload), content_hash=manifest["content_sha256"], hashing=hashing)
 
 
 def _read_manifest(root: Path) -> dict:
@@ -152,6 +184,20 @@ def _parse(root: Path, payload: dict[str, bytes]) -> tuple[Schema, pl.DataFrame,
     if missing:
         raise ArtifactError(f"{root / 'numeric.json'}: no statistics for numeric fields {missing}")
     return schema, vocab, numeric
+
+
+def _parse_hashing(root: Path, payload: dict[str, bytes]) -> dict | None:
+    if HASHING_FILE not in payload:
+        return None
+    try:
+        hashing = json.loads(payload[HASHING_FILE])
+    except ValueError as exc:
+        raise ArtifactError(f"{root / HASHING_FILE}: unreadable ({exc})") from None
+    if not isinstance(hashing, dict) or hashing.get("spec") != HASH_SPEC:
+        got = hashing.get("spec") if isinstance(hashing, dict) else None
+        raise ArtifactError(f"{root / HASHING_FILE}: hash spec {got!r} is not {HASH_SPEC!r}; this version cannot "
+                            "reproduce the ids the model was trained on, prepare and train again")
+    return hashing
 
 
 def _sha256(data: bytes) -> str:

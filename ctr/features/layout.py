@@ -13,11 +13,16 @@ class FieldLayout:
         schema (Schema): the feature schema.
         table_sizes (dict[str, int]): rows per table (vocabulary size + 1 for OOV id 0).
         table_counts (dict[str, list[int]] | None): per-id train frequencies (DNIS/DIN need them).
+        hashed_tables (tuple[str, ...]): tables encoded by hashing (ids are 64-bit hashes, not row
+            numbers; their ``table_sizes`` entry is the collisionless row count: distinct train values + 1).
+        hash_seed (int): the seed of the hash encoding.
     """
 
     schema: Schema
     table_sizes: dict[str, int]
     table_counts: dict[str, list[int]] | None = None
+    hashed_tables: tuple[str, ...] = ()
+    hash_seed: int = 0
 
     @property
     def num_fields(self) -> int:

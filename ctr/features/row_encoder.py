@@ -25,6 +25,7 @@ import numpy as np
 
 from ctr.errors import InvalidRequestError
 from ctr.features.artifact import FeatureArtifact
+from ctr.features.hashing import hash_texts
 from ctr.features.schema import NULL_TOKEN, FeatureSpec
 from ctr.features.tensorize import EncodedColumns
 
@@ -60,6 +61,7 @@ class RowEncoder:
         self.strict = strict
         self._maps = {table: dict(zip(v["value"].to_list(), v["id"].to_list(), strict=True))
                       for table, v in artifact.vocabularies().items()}
+        self._hashed = set(artifact.hashed_tables)
         self._categorical = [f for f in self.schema.sparse_fields if f.kind == "categorical"]
         self._sequences = [f for f in self.schema.sparse_fields if f.kind == "sequence"]
         self._numeric = self.schema.numeric_fields
@@ -102,7 +104,10 @@ class RowEncoder:
                                               "(an empty value means 'missing')", field=col, example=i)
         return values
 
-    def _categorical_ids(self, f: FeatureSpec, values: list) -> list[int]:
+    def _categorical_ids(self, f: FeatureSpec, values: list) -> list[int] | np.ndarray:
+        if f.table_name in self._hashed:  # vocabulary-free: every value, seen in training or not, gets an id
+            texts = [v if type(v) is str else _category_text(f, v, i) for i, v in enumerate(values)]
+            return hash_texts(texts, self.artifact.hash_seed)
         table = self._maps.get(f.table_name, {})
         return [table.get(v, 0) if type(v) is str else table.get(_category_text(f, v, i), 0)
                 for i, v in enumerate(values)]

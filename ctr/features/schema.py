@@ -13,7 +13,7 @@ candidate item and the item ids in a behaviour sequence).
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ctr.config import StrictConfig
 from ctr.errors import ConfigError
@@ -54,6 +54,7 @@ class FeatureSpec(StrictConfig):
     separator: str = "|"
     max_len: int = 50
     pooling: Literal["mean", "sum", "none"] = "mean"
+    encoding: Literal["vocab", "hash"] | None = None
 
     @property
     def column(self) -> str:
@@ -75,6 +76,9 @@ class FeatureSpec(StrictConfig):
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
         if self.pooling == "none" and self.kind != "sequence":
             raise ValueError(f"pooling: none applies to sequence fields only, not to {self.kind} field {self.name!r}")
+        if self.encoding == "hash" and self.kind != "categorical":
+            raise ValueError(f"encoding: hash applies to categorical fields only, not to {self.kind} field "
+                             f"{self.name!r}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         return self
@@ -88,12 +92,19 @@ class Schema(StrictConfig):
         group (str | None): column whose values group rows for GAUC (e.g. user id).
         min_count (int): default per-feature min count for vocabularies.
         fields (list[FeatureSpec]): the input fields, in model order.
+        encoding (str): default encoding of categorical fields, ``vocab`` or ``hash``.
+        hash_seed (int): seed of the ``hash`` encoding (saved with the hash spec in the artifact).
+        hash_min_cardinality (int): a ``hash`` field whose table has fewer distinct train values
+            keeps a vocabulary (stays collisionless: hashing is for the long tail).
     """
 
     label: str = "label"
     group: str | None = None
     min_count: int = 1
     fields: list[FeatureSpec]
+    encoding: Literal["vocab", "hash"] = "vocab"
+    hash_seed: int = Field(0, ge=0, lt=2**32)
+    hash_min_cardinality: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "Schema":
@@ -127,6 +138,11 @@ class Schema(StrictConfig):
         for f in self.sparse_fields:
             out.setdefault(f.table_name, []).append(f)
         return out
+
+    def hash_candidates(self) -> list[str]:
+        """Tables whose fields are all categorical with ``hash`` encoding (their own or the schema's)."""
+        return [t for t, specs in self.tables.items()
+                if all(s.kind == "categorical" and (s.encoding or self.encoding) == "hash" for s in specs)]
 
     def min_count_of(self, table: str) -> int:
         specs = self.tables[table]

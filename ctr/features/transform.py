@@ -3,7 +3,8 @@
 Pure polars (no torch), used by ``prepare`` on whole splits and by the scorer on request rows, so
 training and serving encode a row identically:
 
-* categorical → ``Int64`` id (unseen or rare → 0),
+* categorical → ``Int64`` id (unseen or rare → 0); for a hash-encoded table the id is the stable
+  64-bit hash of the canonical value (:func:`ctr.features.hashing.hash_series`, no vocabulary),
 * sequence → ``List(Int64)`` ids of the last ``max_len`` tokens,
 * numeric → ``Float32`` (missing → ``fill_value``; then ``none`` | ``log_square`` | ``standardize``),
 * ``_label`` (Float32) when the label column is present, ``_group`` (Int64 hash codes) when the
@@ -16,6 +17,7 @@ import polars as pl
 
 from ctr.errors import DataError
 from ctr.features.artifact import FeatureArtifact
+from ctr.features.hashing import hash_series
 from ctr.features.schema import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec
 from ctr.features.values import category_expr, number_expr, rows_to_frame, sequence_expr, unparseable_expr
 
@@ -42,6 +44,7 @@ class FeatureTransform:
         self.artifact = artifact
         self.schema = artifact.schema
         self._maps = {table: (vocab["value"], vocab["id"]) for table, vocab in artifact.vocabularies().items()}
+        self._hashed = set(artifact.hashed_tables)
 
     def apply(self, rows: pl.DataFrame | pl.LazyFrame | Iterable[Mapping]) -> pl.DataFrame:
         """Raw rows (a frame, or dicts of raw values as a request carries them) → encoded frame."""
@@ -99,7 +102,10 @@ class FeatureTransform:
             return self._numeric(spec, dtype)
         values, ids = self._maps.get(spec.table_name, (pl.Series([], dtype=pl.String),
                                                        pl.Series([], dtype=pl.Int64)))
-        if spec.kind == "categorical":
+        if spec.kind == "categorical" and spec.table_name in self._hashed:
+            seed = self.artifact.hash_seed
+            encoded = category_expr(spec.column).map_batches(lambda s: hash_series(s, seed), return_dtype=pl.Int64)
+        elif spec.kind == "categorical":
             encoded = category_expr(spec.column).replace_strict(values, ids, default=0, return_dtype=pl.Int64)
         else:
             lookup = pl.element().replace_strict(values, ids, default=0, return_dtype=pl.Int64)

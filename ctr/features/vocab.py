@@ -18,20 +18,22 @@ from ctr.features.values import category_expr, number_expr, sequence_expr
 VOCAB_SCHEMA = {"table": pl.String, "id": pl.Int64, "value": pl.String, "count": pl.Int64}
 
 
-def fit_vocab(train: pl.DataFrame | pl.LazyFrame, schema: Schema) -> pl.DataFrame:
+def fit_vocab(train: pl.DataFrame | pl.LazyFrame, schema: Schema, skip: set[str] | frozenset = frozenset()
+              ) -> pl.DataFrame:
     """Fit every table's vocabulary on ``train`` (raw columns) in one lazy polars query.
 
     Args:
         train: the train split's raw columns (String/int/list, as readers or requests give them).
         schema: the feature schema; its tables, min counts and sequence separators are used.
+        skip: tables that get no vocabulary (hash-encoded ones).
 
     Returns:
         Frame ``table, id, value, count`` sorted by table then id; every table has an id-0 row.
     """
-    tables = schema.tables
+    tables = {t: specs for t, specs in schema.tables.items() if t not in skip}
     if not tables:
         return pl.DataFrame(schema=VOCAB_SCHEMA)
-    counts = _value_counts(train.lazy(), schema).collect(engine="streaming")
+    counts = _value_counts(train.lazy(), schema, tables).collect(engine="streaming")
     mins = pl.DataFrame({"table": list(tables), "min_count": [schema.min_count_of(t) for t in tables]})
     counts = counts.join(mins, on="table", how="left")
     kept = (counts.filter(pl.col("count") >= pl.col("min_count"))
@@ -45,10 +47,23 @@ def fit_vocab(train: pl.DataFrame | pl.LazyFrame, schema: Schema) -> pl.DataFram
     return out.sort(["table", "id"])
 
 
-def _value_counts(lf: pl.LazyFrame, schema: Schema) -> pl.LazyFrame:
+def fit_cardinality(train: pl.DataFrame | pl.LazyFrame, schema: Schema, tables: list[str]) -> dict[str, int]:
+    """Per table in ``tables``: distinct train values seen at least ``min_count`` times (a count, not a
+    vocabulary), i.e. the vocabulary size a ``vocab`` encoding would have: the collisionless reference."""
+    if not tables:
+        return {}
+    counts = _value_counts(train.lazy(), schema, {t: schema.tables[t] for t in tables}).collect(engine="streaming")
+    mins = pl.DataFrame({"table": tables, "min_count": [schema.min_count_of(t) for t in tables]})
+    kept = (counts.join(mins, on="table").filter(pl.col("count") >= pl.col("min_count"))
+            .group_by("table").agg(pl.len().alias("n")))
+    found = dict(zip(kept["table"].to_list(), kept["n"].to_list(), strict=True))
+    return {t: int(found.get(t, 0)) for t in tables}
+
+
+def _value_counts(lf: pl.LazyFrame, schema: Schema, tables: dict | None = None) -> pl.LazyFrame:
     dtypes = lf.collect_schema()
     parts = []
-    for table, specs in schema.tables.items():
+    for table, specs in (schema.tables if tables is None else tables).items():
         for spec in specs:
             if spec.kind == "categorical":
                 value = category_expr(spec.column)

@@ -13,14 +13,22 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.embeddings.base import FieldEmbedding, FieldLayout
+from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 
 FIRST_ORDER_DIM = 4
 FIRST_ORDER_PREFIX = "lin_"
 
 
-def first_order_embedding(layout: FieldLayout, device: torch.device | None = None) -> PlainEmbedding:
-    """The width-4 ``lin_`` tables that hold the first-order weights (``device="meta"`` to shard)."""
+def first_order_embedding(layout: FieldLayout, device: torch.device | None = None) -> FieldEmbedding:
+    """The width-4 ``lin_`` tables that hold the first-order weights (``device="meta"`` to shard).
+
+    Hash-encoded tables get per-feature hashed first-order tables with the collisionless row count
+    (``hashed`` at budget 1.0), whatever the main embedding method is.
+    """
+    if layout.hashed_tables:
+        return HashedEmbedding(layout, FIRST_ORDER_DIM, HashedEmbeddingConfig(budget=1.0), device,
+                               prefix=FIRST_ORDER_PREFIX)
     return PlainEmbedding(layout, FIRST_ORDER_DIM, PlainEmbeddingConfig(), device, prefix=FIRST_ORDER_PREFIX)
 
 
