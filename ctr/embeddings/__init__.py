@@ -5,11 +5,13 @@ module is built as ``Module(layout, dim, config, device)``.
 """
 
 from ctr.config import StrictConfig
+from ctr.embeddings.optfs import OptFSConfig, OptFSEmbedding
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.errors import ConfigError
 
 METHODS = {
     "plain": (PlainEmbeddingConfig, PlainEmbedding),
+    "optfs": (OptFSConfig, OptFSEmbedding),  # a search method: phases in ctr.search.SEARCHES
 }
 
 
@@ -29,4 +31,4 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
     return METHODS[name][0].parse({**raw, "name": name}, path)
 
 
-__all__ = ["METHODS", "PlainEmbedding", "PlainEmbeddingConfig", "parse_embedding_config"]
+__all__ = ["METHODS", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding", "PlainEmbeddingConfig", "parse_embedding_config"]
