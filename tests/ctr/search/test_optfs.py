@@ -127,7 +127,7 @@ def test_compact_artifact_encodes_pruned_values_as_oov():
     schema = Schema(fields=[{"name": "u"}, {"name": "v"}])
     train = pl.DataFrame({"u": ["a", "a", "a", "b", "b", "c", "d"], "v": ["x"] * 7, "label": [0, 1] * 3 + [0]})
     art = FeatureArtifact.fit(train, schema)
-    ids = dict(zip(art.vocabularies()["u"]["value"].to_list(), art.vocabularies()["u"]["id"].to_list()))
+    ids = dict(zip(art.vocabularies()["u"]["value"].to_list(), art.vocabularies()["u"]["id"].to_list(), strict=True))
     keep = {"u": np.array([ids["a"], ids["c"]])}
     small = compact_artifact(art, keep)
     assert small.table_sizes() == {"u": 3, "v": art.table_sizes()["v"]}
