@@ -42,50 +42,6 @@ class SearchConfig(StrictConfig):
     resume_from: str | None = None
 
 
-class PhaseRecord:
-    """A nested MLflow run for one phase (no-op without a parent run)."""
-
-    def __init__(self, tracker, name: str, params: dict[str, str]) -> None:
-        self.tracker, self.run_id = tracker, None
-        if tracker.run_id is None:
-            return
-        client = tracker._client
-        run = client.create_run(tracker.experiment_id, run_name=name,
-                                tags={"mlflow.parentRunId": tracker.run_id, "ctr.phase": name.rsplit("/", 1)[-1]})
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
-
-        if params:
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in list(params.items())[:90]])
-
-    def log_metrics(self, metrics: dict, step: int = 0) -> None:
-        if self.run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if batch:
-            self.tracker._client.log_batch(self.run_id, metrics=batch)
-
-    def log_epoch(self, record: dict) -> None:
-        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
-
-    def log_artifact(self, path, subdir: str | None = None) -> None:
-        if self.run_id is None:
-            return
-        path = Path(path)
-        if path.is_dir():
-            self.tracker._client.log_artifacts(self.run_id, str(path), subdir)
-        else:
-            self.tracker._client.log_artifact(self.run_id, str(path), subdir)
-
-    def end(self, status: str) -> None:
-        if self.run_id is not None:
-            self.tracker._client.set_terminated(self.run_id, status)
-
-
 def search_config(spec) -> SearchConfig:
     return SearchConfig.parse(spec.raw.get("search"), "search")
 
@@ -109,7 +65,7 @@ def run_search(spec, tracker, prepared: PreparedData, run_dir: Path):
             continue
         earlier = None  # from the first unfinished phase on, everything runs again
         pdir.mkdir(parents=True, exist_ok=True)
-        record = PhaseRecord(tracker, f"{spec.name}/{phase.name}", params)
+        record = tracker.child_run(f"{spec.name}/{phase.name}", params)
         status = "FAILED"
         try:
             with tracker.stage(f"search/{phase.name}"):
@@ -138,7 +94,7 @@ def _finished(pdir: Path) -> dict | None:
     return None
 
 
-def _trainer(spec, pdir: Path, record: PhaseRecord):
+def _trainer(spec, pdir: Path, record):
     def train(req: TrainRequest):
         job = WorkerJob(model_cfg=req.model_cfg or spec.model, embedding_cfg=req.embedding_cfg,
                         train_cfg=req.train_cfg, sharding_cfg=spec.distributed.sharding,
@@ -209,7 +165,7 @@ def run_baseline(spec, tracker, prepared: PreparedData, run_dir: Path, evaluate_
     bdir = Path(run_dir) / "baseline"
     bdir.mkdir(exist_ok=True)
     with tracker.stage("baseline"):
-        record = PhaseRecord(tracker, f"{spec.name}/baseline", {"phase.model": spec.model.name})
+        record = tracker.child_run(f"{spec.name}/baseline", {"phase.model": spec.model.name})
         status = "FAILED"
         try:
             trained = train_stage.run(bspec, prepared, bdir, on_report=record.log_epoch)
