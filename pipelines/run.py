@@ -21,6 +21,8 @@ import yaml
 
 from ctr.embeddings.tables import embedding_param_count
 from ctr.errors import CtrError
+from ctr.search import is_search
+from pipelines import search as search_runner
 from pipelines.spec import PipelineSpec
 from pipelines.stages import evaluate as evaluate_stage
 from pipelines.stages import prepare as prepare_stage
@@ -68,10 +70,14 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
         prepared = prepare_stage.run(spec)
         tracker.log_datasets(prepare_stage.dataset_infos(spec, prepared))
         tracker.log_artifact(prepared.artifact_dir, "feature_map")
-    with tracker.stage("train"):
-        trained = train_stage.run(spec, prepared, run_dir, on_report=tracker.log_epoch, on_step=tracker.log_step)
-        tracker.log_history(trained.fit.history, trained.fit.step_losses)
-        _log_training_artifacts(tracker, trained, run_dir)
+    full, search = (spec, prepared), None
+    if is_search(spec.embedding):  # phases (nested MLflow runs) → the compact model (pipelines/search.py)
+        spec, prepared, trained, search = search_runner.run_search_stage(spec, tracker, prepared, run_dir)
+    else:
+        with tracker.stage("train"):
+            trained = train_stage.run(spec, prepared, run_dir, on_report=tracker.log_epoch, on_step=tracker.log_step)
+            tracker.log_history(trained.fit.history, trained.fit.step_losses)
+            _log_training_artifacts(tracker, trained, run_dir)
     with tracker.stage("evaluate"):
         model, test = evaluate_stage.run(spec, prepared, trained.checkpoint_dir, run_dir)
         oracle = evaluate_stage.oracle(spec, prepared)
@@ -80,6 +86,11 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
     summary = _summary(spec, test, trained, prepared, run_dir, oracle, baseline)
     summary["embedding_params"] = embedding_param_count(model)
     tracker.log_metrics({"embedding_params": summary["embedding_params"]})
+    if search is not None:
+        summary["search"] = search
+        if search_runner.search_config(full[0]).baseline:
+            summary["baseline"] = search_runner.run_baseline(full[0], tracker, full[1], run_dir, evaluate_stage)
+            search["embedding_params_ratio"] = summary["embedding_params"] / max(summary["baseline"]["embedding_params"], 1)
     with tracker.stage("register"):
         summary["bundle"] = str(register_stage.export(spec, model, prepared, run_dir))
         if tracker.run_id is not None:

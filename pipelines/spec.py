@@ -30,7 +30,7 @@ from ctr.models import parse_model_config
 from ctr.train.loop import TrainConfig
 
 SECTIONS = ("name", "description", "synthetic", "data", "features", "model", "baseline", "embedding", "train",
-            "distributed", "register", "output")
+            "distributed", "register", "output", "search")
 
 
 class DistributedConfig(StrictConfig):
@@ -192,6 +192,10 @@ def build_spec(raw: dict, name: str, source: str) -> PipelineSpec:
     for required in ("data", "features", "model"):
         if required not in raw:
             raise ConfigError("required section is missing", required)
+    if raw.get("search") is not None:
+        from pipelines.search import SearchConfig
+
+        SearchConfig.parse(raw["search"], "search")
     return PipelineSpec(
         name=str(raw.get("name") or name),
         data=DataConfig.parse(raw["data"], "data"),

@@ -47,6 +47,12 @@ class WorkerJob:
         device (str): ``cpu`` or ``cuda``.
         resume_from (str | None): a resumable checkpoint folder (``ctr.train.checkpoint.save_resumable``)
             to continue from, written at any world size.
+        init_from (str | None): a model checkpoint (DCP, ``ctr.train.checkpoint.save``) to start from
+            instead of the seeded init (a search's retrain phase: rewound weights of the compact model).
+        snapshot_epochs (tuple[int, ...]): 0-based epochs whose starting weights are saved (DCP) under
+            ``out_dir/epoch-start-<e>`` (OptFS's rewind point, OptEmbed's initial weights).
+        restore_best (bool): reload the best validation epoch at the end (``False``: keep the last epoch,
+            e.g. a search phase whose outcome is its final state).
     """
 
     model_cfg: object
@@ -58,6 +64,9 @@ class WorkerJob:
     out_dir: str
     device: str = "cpu"
     resume_from: str | None = None
+    init_from: str | None = None
+    snapshot_epochs: tuple[int, ...] = ()
+    restore_best: bool = True
 
 
 @dataclass
@@ -115,6 +124,8 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     plan = plan_text(dmp)
     if rank == 0:
         log.info("sharding plan:\n%s", plan)
+    if job.init_from:
+        checkpoint.load(dmp, job.init_from)
     optimizer = build_optimizer(dmp, cfg.optimizer, dmp.fused_optimizer if fused else None)
     objective = Objective(collect_regularizers(model))
     data = {name: read_encoded(path, artifact.schema) for name, path in job.splits.items()}
@@ -125,22 +136,33 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
         return BatchIterator(data[split], cfg.eval_batch_size, shuffle=False, seed=cfg.seed,
                              rank=rank, world_size=world_size, device=device)
 
-    best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best")
+    best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best") if job.restore_best else None
     resume = _resume(dmp, optimizer, job.resume_from, best) if job.resume_from else None
+    epoch_hooks = [m.start_epoch for m in model.modules() if callable(getattr(m, "start_epoch", None))]
+
+    def on_epoch_start(epoch: int) -> None:
+        for hook in epoch_hooks:
+            hook(epoch)
+        snap = Path(job.out_dir) / f"epoch-start-{epoch}"
+        if epoch in job.snapshot_epochs and not (snap / ".metadata").is_file():
+            checkpoint.save(dmp, snap)
+
     on_checkpoint = None if sink is None else _checkpointer(dmp, optimizer, sink)
     report, step = callbacks if rank == 0 else (None, None)
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
                  cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step,
-                 resume, on_checkpoint)
+                 resume, on_checkpoint, on_epoch_start)
     result.step_losses = mean_across_ranks(result.step_losses)
-    valid = result.best or evaluate(dmp, batches("valid"), gather_rows)
+    valid = (result.best if job.restore_best else None) or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
     return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from)
 
 
-def _resume(dmp, optimizer, path: str, best: checkpoint.BestCheckpointer) -> FitResult:
+def _resume(dmp, optimizer, path: str, best: checkpoint.BestCheckpointer | None) -> FitResult:
     state = FitResult.from_json(checkpoint.load_resumable(dmp, optimizer, path))
+    if best is None:
+        return state
     best.saved = state.best_epoch > 0 and best.dir.is_dir()
     if state.best_epoch > 0 and not best.saved:
         log.warning("resuming from %s without its best-epoch state (%s missing): the final model is the "

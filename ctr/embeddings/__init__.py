@@ -6,6 +6,7 @@ module is built as ``Module(layout, dim, config, device)``.
 
 from ctr.config import StrictConfig
 from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
+from ctr.embeddings.optfs import OptFSConfig, OptFSEmbedding
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.embeddings.unified import UnifiedEmbedding, UnifiedEmbeddingConfig
 from ctr.errors import ConfigError
@@ -14,6 +15,7 @@ METHODS = {
     "plain": (PlainEmbeddingConfig, PlainEmbedding),
     "hashed": (HashedEmbeddingConfig, HashedEmbedding),
     "unified": (UnifiedEmbeddingConfig, UnifiedEmbedding),
+    "optfs": (OptFSConfig, OptFSEmbedding),  # a search method: phases in ctr.search.SEARCHES
 }
 
 
@@ -33,5 +35,5 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
     return METHODS[name][0].parse({**raw, "name": name}, path)
 
 
-__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "PlainEmbedding", "PlainEmbeddingConfig",
-           "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]
+__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding",
+           "PlainEmbeddingConfig", "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]

@@ -134,7 +134,8 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
         validate: Callable[[], dict[str, float]], cfg: TrainConfig, checkpointer: Checkpointer | None = None,
         on_report: Callable[[dict], None] | None = None, world_size: int = 1,
         on_step: StepCallback | None = None, resume: FitResult | None = None,
-        on_checkpoint: Callable[[FitResult], None] | None = None) -> FitResult:
+        on_checkpoint: Callable[[FitResult], None] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None) -> FitResult:
     """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
 
     ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
@@ -144,13 +145,16 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
     ``world_size`` only scales the throughput figure (each rank sees 1/world_size of every global batch).
     ``on_checkpoint(state)`` is called after each epoch and every ``cfg.checkpoint_every`` steps with
     the resumable state; ``resume`` (such a state, model and optimizer already restored) continues
-    mid-epoch exactly where it was taken.
+    mid-epoch exactly where it was taken. ``on_epoch_start(epoch)`` (0-based) runs before each epoch's
+    first step, also when a resumed epoch continues (search methods set their temperature there).
     """
     result = resume if resume is not None else FitResult()
     while result.epochs_done < cfg.epochs and not result.stopped_early:
         epoch = result.epochs_done
         train_batches.set_epoch(epoch, skip=result.epoch_steps)
         epoch_start = len(result.step_losses) - result.epoch_steps
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         _train_epoch(model, optimizer, objective, train_batches, cfg, f"epoch {epoch + 1}/{cfg.epochs}",
                      cfg.progress, on_step, result, on_checkpoint)
         _end_epoch(model, result, validate(), result.step_losses[epoch_start:], cfg, checkpointer,

@@ -25,7 +25,11 @@ def make_job(spec, prepared: PreparedData, run_dir: Path) -> WorkerJob:
 def run(spec, prepared: PreparedData, run_dir: Path, on_report=None, on_step=None) -> WorkerResult:
     """Train; ``on_report(epoch record)`` / ``on_step(step, loss)`` are called live in this process,
     whether training runs here (``workers: 1``) or on Ray workers (rank 0 forwards them)."""
-    job = make_job(spec, prepared, run_dir)
+    return run_job(make_job(spec, prepared, run_dir), spec, run_dir, on_report, on_step)
+
+
+def run_job(job: WorkerJob, spec, run_dir: Path, on_report=None, on_step=None) -> WorkerResult:
+    """Run ``job`` in process or on ``spec.distributed.workers`` Ray workers (Ray storage under ``run_dir``)."""
     dist = spec.distributed
     workers = max(dist.workers, 1)
     log.info("training %s on %d worker(s)%s", spec.model.name, workers, " (Ray)" if workers > 1 else "")

@@ -1,0 +1,46 @@
+"""Embedding search methods: several phases ending in a compact, ordinary model.
+
+A *search method* is an embedding method (registered in :data:`ctr.embeddings.METHODS`, used as
+``embedding: {name: optfs, ...}``) that also declares phases here: ``SEARCHES[name](config) -> [Phase]``.
+``ctr run`` (``pipelines/search.py``) runs them in order from one YAML, each as a nested MLflow run under
+the pipeline's run, with its own metrics and artifacts; a phase that finished (its ``done.json``) is
+reused when the pipeline is resumed with ``search.resume_from: <earlier run dir>``.
+
+The building blocks (all free of MLflow, Ray and DMP):
+
+* :mod:`ctr.search.phases` — ``Phase(name, run)``, ``PhaseContext`` (configs, split folders, the outputs
+  of earlier phases, and callbacks: ``train(TrainRequest)``, ``log_metrics``, ``log_artifact``),
+  ``TrainRequest`` (an embedding config, a train config, an artifact and splits, ``init_from`` a saved
+  model, ``snapshot_epochs`` whose starting weights are kept, ``restore_best``), and ``CompactResult``,
+  what the last phase returns.
+* :mod:`ctr.search.compact` — keep-lists → a compact :class:`~ctr.features.artifact.FeatureArtifact`
+  (pruned values removed from the vocabulary, so they encode to OOV id 0 at serving time), remapped
+  encoded splits, and ``compact_state`` gathering the kept rows (and scaling them) into the compact
+  model's state dict. The compact model is built by ``ctr.models.build_model`` with ``plain`` tables.
+* Training hooks: a field embedding may define ``start_epoch(epoch)`` (called by the training loop
+  before each epoch: temperatures, schedules); ``regularizer()`` adds loss terms.
+
+Extending for OptEmbed / DNIS: per-field widths and per-block widths need an embedding method for the
+compact model with one table per field (or block) of its own width and a per-field projection to the
+model width (FM / AutoInt interactions need equal widths); the last phase then returns that method's
+config in ``CompactResult.embedding`` and the rest of the pipeline is unchanged. An evolutionary search
+is a phase whose fitness is an evaluate callback built on ``ctx.train`` outputs. Retraining from saved
+initial weights is ``TrainRequest(snapshot_epochs=(0,))`` in the supernet phase and ``init_from`` later.
+"""
+
+from collections.abc import Callable
+
+from ctr.search import optfs
+from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
+
+SEARCHES: dict[str, Callable[[object], list[Phase]]] = {
+    "optfs": optfs.phases,
+}
+
+
+def is_search(embedding_cfg) -> bool:
+    """Whether ``embedding_cfg`` names a search method (its pipeline runs phases instead of one train)."""
+    return getattr(embedding_cfg, "name", None) in SEARCHES
+
+
+__all__ = ["SEARCHES", "CompactResult", "Phase", "PhaseContext", "TrainRequest", "is_search"]

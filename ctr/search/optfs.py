@@ -1,0 +1,137 @@
+"""OptFS's phases: ``search`` (soft gates, continuation) → ``materialise`` (keep-lists, rewind, compact
+model) → ``retrain`` (the compact model from the rewound weights). See :mod:`ctr.embeddings.optfs`."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctr.embeddings.plain import PlainEmbeddingConfig
+from ctr.errors import ConfigError
+from ctr.features.artifact import FeatureArtifact
+from ctr.search.compact import compact_artifact, compact_state, normalise_keep, remap_of, remap_split
+from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
+from ctr.train import checkpoint
+
+log = logging.getLogger("ctr.search")
+
+
+def phases(config) -> list[Phase]:
+    """OptFS's three phases for ``config`` (an ``OptFSConfig``)."""
+    if config.rewind >= config.search_epochs:
+        raise ConfigError(f"rewind {config.rewind} must be a search epoch (0 … {config.search_epochs - 1})",
+                          "embedding.rewind")
+    return [Phase("search", search), Phase("materialise", materialise), Phase("retrain", retrain)]
+
+
+def compact_embedding_config(config) -> PlainEmbeddingConfig:
+    """The compact model's embedding: plain tables with the search's plain options."""
+    return PlainEmbeddingConfig(init_std=config.init_std, l2=config.l2, mba_l2=config.mba_l2)
+
+
+def search(ctx: PhaseContext) -> dict:
+    """Soft gates for ``search_epochs`` epochs (all of them: no early stop; the last state is the outcome),
+    snapshotting the weights at the start of epoch ``rewind``."""
+    cfg = ctx.embedding_cfg.model_copy(update={"mode": "search"})
+    train_cfg = ctx.train_cfg.model_copy(update={"epochs": cfg.search_epochs, "patience": cfg.search_epochs})
+    out = ctx.dir / "checkpoints"
+    result = ctx.train(TrainRequest(cfg, train_cfg, str(ctx.artifact_dir), _train_valid(ctx.splits), str(out),
+                                    snapshot_epochs=(cfg.rewind,), restore_best=False))
+    return {"final": str(result.checkpoint_dir), "rewind": str(out / f"epoch-start-{cfg.rewind}"),
+            "valid": result.valid, "history": result.fit.history}
+
+
+def materialise(ctx: PhaseContext) -> dict:
+    """Keep-lists from the final gates (``m > 0``), a compact artifact and splits, and the compact model's
+    initial weights: the rewind snapshot's rows of the kept ids times the hard gate."""
+    from ctr.models import build_model
+
+    found = ctx.previous["search"]
+    cfg = ctx.embedding_cfg.model_copy(update={"mode": "ticket"})
+    artifact = FeatureArtifact.load(ctx.artifact_dir)
+    layout = artifact.layout()
+    final = build_model(ctx.model_cfg, layout, cfg)
+    checkpoint.load(final, found["final"])
+    rewound = build_model(ctx.model_cfg, layout, cfg)
+    checkpoint.load(rewound, found["rewind"])
+    with torch.no_grad():  # the gates are the final ones; embeddings and dense layers the rewound ones
+        for table, gate in rewound.embedding.gates.items():
+            gate.copy_(final.embedding.gates[table])
+    keep = {t: normalise_keep(k, layout.table_sizes[t]) for t, k in rewound.embedding.keep_lists().items()}
+    scale = {t: rewound.embedding.gate(t, torch.as_tensor(k)).numpy() for t, k in keep.items()}
+
+    root = ctx.dir / "compact"
+    small = compact_artifact(artifact, keep)
+    small.save(root / "features")
+    remaps = {t: remap_of(k, layout.table_sizes[t]) for t, k in keep.items()}
+    splits = {name: str(remap_split(path, root / name, artifact.schema, remaps)) for name, path in ctx.splits.items()}
+    compact = build_model(ctx.model_cfg, small.layout(), compact_embedding_config(cfg))
+    compact.load_state_dict(compact_state(rewound.state_dict(), compact.state_dict(), keep, scale))
+    checkpoint.save(compact, root / "init")
+
+    report = keep_report(keep, layout.table_sizes, {t: g.detach() for t, g in final.embedding.gates.items()})
+    (ctx.dir / "keep_lists.json").write_text(json.dumps(
+        {t: {"kept_ids": k.tolist(), **report["tables"][t]} for t, k in keep.items()}))
+    (ctx.dir / "keep_summary.json").write_text(json.dumps(report, indent=2))
+    ctx.log_artifact(ctx.dir / "keep_lists.json", "optfs")
+    ctx.log_artifact(ctx.dir / "keep_summary.json", "optfs")
+    ctx.log_artifact(kept_rows_png(report, ctx.dir / "kept_rows.png"), "plots")
+    ctx.log_metrics({"kept_ratio": report["kept_ratio"], "kept_rows": report["kept_rows"],
+                     **{f"kept_ratio/{t}": r["ratio"] for t, r in report["tables"].items()}})
+    log.info("OptFS keeps %d of %d feature values (%.1f%%)", report["kept_rows"], report["rows"],
+             100 * report["kept_ratio"])
+    return {"artifact_dir": str(root / "features"), "splits": splits, "init": str(root / "init"), "report": report}
+
+
+def retrain(ctx: PhaseContext) -> dict:
+    """Train the compact model from the rewound, hard-gated weights (fresh optimiser state)."""
+    made = ctx.previous["materialise"]
+    emb = compact_embedding_config(ctx.embedding_cfg)
+    result = ctx.train(TrainRequest(emb, ctx.train_cfg, made["artifact_dir"], _train_valid(made["splits"]),
+                                    str(ctx.dir / "checkpoints"), init_from=made["init"]))
+    return CompactResult(embedding=emb.model_dump(), artifact_dir=made["artifact_dir"], splits=made["splits"],
+                         checkpoint_dir=str(result.checkpoint_dir), valid=result.valid, history=result.fit.history,
+                         extra={"kept_ratio": made["report"]["kept_ratio"],
+                                "kept_rows": made["report"]["kept_rows"]}).to_json()
+
+
+def keep_report(keep: dict[str, np.ndarray], sizes: dict[str, int], gates: dict[str, torch.Tensor]) -> dict:
+    """Per-table kept rows (OOV row counted when its gate is on) and the overall ratio count(m > 0) / rows."""
+    tables = {}
+    for t, k in keep.items():
+        on = int((gates[t] > 0).sum())
+        tables[t] = {"rows": int(sizes[t]), "kept": on, "ratio": on / max(int(sizes[t]), 1),
+                     "compact_rows": len(k)}
+    rows = sum(r["rows"] for r in tables.values())
+    kept = sum(r["kept"] for r in tables.values())
+    return {"rows": rows, "kept_rows": kept, "kept_ratio": kept / max(rows, 1), "tables": tables}
+
+
+def kept_rows_png(report: dict, path: Path) -> Path:
+    """Bar chart: rows and kept rows per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["tables"])
+    rows = [report["tables"][t]["rows"] for t in names]
+    kept = [report["tables"][t]["kept"] for t in names]
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    ax.bar(x, rows, color="#cccccc", label="rows")
+    ax.bar(x, kept, color="#1f77b4", label="kept (m > 0)")
+    ax.set_xticks(x, names, rotation=90, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_title(f"OptFS: {report['kept_rows']} of {report['rows']} feature values kept")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _train_valid(splits: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in splits.items() if k in ("train", "valid")}
