@@ -66,6 +66,8 @@ def ensure_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; returns whether this call started it."""
     if ray.is_initialized():
         return False
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"  # start our own: never attach to a cluster some earlier `ray start` left behind
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False, configure_logging=False)
     return True
