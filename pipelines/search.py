@@ -42,6 +42,46 @@ class SearchConfig(StrictConfig):
     resume_from: str | None = None
 
 
+class ChildRun:
+    """A nested MLflow run (tag ``mlflow.parentRunId``) of a pipeline's run, e.g. one phase of a search;
+    every method is a no-op when the parent run is disabled. Close it with :meth:`end`."""
+
+    def __init__(self, tracker, name: str, params: dict[str, str]) -> None:
+        self.tracker, self.run_id = tracker, None
+        if tracker.run_id is None:
+            return
+        client = tracker._client
+        run = client.create_run(tracker.experiment_id, run_name=name,
+                                tags={"mlflow.parentRunId": tracker.run_id, "ctr.phase": name.rsplit("/", 1)[-1]})
+        self.run_id = run.info.run_id
+        for key, value in params.items():
+            client.log_param(self.run_id, key, value)
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        if self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tracker._client.log_metric(self.run_id, key, float(value), now, step)
+
+    def log_epoch(self, record: dict) -> None:
+        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+
+    def log_artifact(self, path, subdir: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self.tracker._client.log_artifacts(self.run_id, str(path), subdir)
+        else:
+            self.tracker._client.log_artifact(self.run_id, str(path), subdir)
+
+    def end(self, status: str) -> None:
+        if self.run_id is not None:
+            self.tracker._client.set_terminated(self.run_id, status)
+
+
 def search_config(spec) -> SearchConfig:
     return SearchConfig.parse(spec.raw.get("search"), "search")
 
@@ -65,7 +105,7 @@ def run_search(spec, tracker, prepared: PreparedData, run_dir: Path):
             continue
         earlier = None  # from the first unfinished phase on, everything runs again
         pdir.mkdir(parents=True, exist_ok=True)
-        record = tracker.child_run(f"{spec.name}/{phase.name}", params)
+        record = ChildRun(tracker, f"{spec.name}/{phase.name}", params)
         status = "FAILED"
         try:
             with tracker.stage(f"search/{phase.name}"):
@@ -165,7 +205,7 @@ def run_baseline(spec, tracker, prepared: PreparedData, run_dir: Path, evaluate_
     bdir = Path(run_dir) / "baseline"
     bdir.mkdir(exist_ok=True)
     with tracker.stage("baseline"):
-        record = tracker.child_run(f"{spec.name}/baseline", {"phase.model": spec.model.name})
+        record = ChildRun(tracker, f"{spec.name}/baseline", {"phase.model": spec.model.name})
         status = "FAILED"
         try:
             trained = train_stage.run(bspec, prepared, bdir, on_report=record.log_epoch)

@@ -291,10 +291,6 @@ class RunTracker:
         self.stage_seconds[name] = time.perf_counter() - start
         self.log_metrics({f"stage_seconds/{name}": self.stage_seconds[name]})
 
-    def child_run(self, name: str, params: dict[str, str] | None = None) -> "ChildRun":
-        """Open a nested run ``name`` under this run (search phases, the search's baseline)."""
-        return ChildRun(self, name, params or {})
-
     # logging ---------------------------------------------------------------------------------
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.run_id is None:
@@ -408,48 +404,3 @@ def _requirements() -> list[str]:
 
     names = ["torch", "torchrec", "fbgemm-gpu-cpu", "polars", "numpy", "pyarrow", "pydantic", "mlflow"]
     return [f"{n}=={md.version(n).split('+')[0]}" for n in names]
-
-
-class ChildRun:
-    """A nested MLflow run (tag ``mlflow.parentRunId``) of a pipeline's run, e.g. one phase of a search;
-    every method is a no-op when the parent run is disabled. Close it with :meth:`end`."""
-
-    def __init__(self, tracker, name: str, params: dict[str, str]) -> None:
-        self.tracker, self.run_id = tracker, None
-        if tracker.run_id is None:
-            return
-        client = tracker._client
-        run = client.create_run(tracker.experiment_id, run_name=name,
-                                tags={"mlflow.parentRunId": tracker.run_id, "ctr.phase": name.rsplit("/", 1)[-1]})
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
-
-        if params:
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in list(params.items())[:90]])
-
-    def log_metrics(self, metrics: dict, step: int = 0) -> None:
-        if self.run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if batch:
-            self.tracker._client.log_batch(self.run_id, metrics=batch)
-
-    def log_epoch(self, record: dict) -> None:
-        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
-
-    def log_artifact(self, path, subdir: str | None = None) -> None:
-        if self.run_id is None:
-            return
-        path = Path(path)
-        if path.is_dir():
-            self.tracker._client.log_artifacts(self.run_id, str(path), subdir)
-        else:
-            self.tracker._client.log_artifact(self.run_id, str(path), subdir)
-
-    def end(self, status: str) -> None:
-        if self.run_id is not None:
-            self.tracker._client.set_terminated(self.run_id, status)
