@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctr.errors import CtrError
-from pipelines.tracking import auth_error, auth_errors, connect
+from pipelines.tracking import connect
+from pipelines.tracking_auth import auth_error, auth_errors
 
 REF = re.compile(r"^(?:models:/)?(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))?$")
 

@@ -10,7 +10,7 @@ def ray_cluster():
     ray = ray_runner.ray
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield ray
     if started:
