@@ -79,7 +79,7 @@ class FeatureTransform:
         self._check_columns(dtypes)
         lf, exprs = rows, []
         for spec in self.schema.fields:
-            if spec.kind != "categorical":
+            if spec.kind != "categorical" or spec.table_name in self._hashed:  # hash ids need no vocabulary join
                 exprs.append(self._encode(spec, dtypes[spec.column]))
                 continue
             key, found = f"_key_{spec.name}", f"_id_{spec.name}"

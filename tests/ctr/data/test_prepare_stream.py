@@ -78,3 +78,14 @@ def test_criteo_sample_matches_in_memory(tmp_path):
     require_shared("criteo", "train_examples.txt")
     spec = load_spec(REPO / "pipelines/examples/criteo_sample.yaml", [])
     assert_same(spec.data, spec.features, tmp_path / "cache")
+
+
+def test_hash_encoded_field_matches_in_memory(tmp_path):
+    """A hash-encoded table has no vocabulary: streaming prepare must emit its 64-bit hash ids, not OOV."""
+    hashed = schema([{"name": "user", "encoding": "hash"}, {"name": "item", "min_count": 2},
+                     {"name": "price", "kind": "numeric", "transform": "standardize"}], label="y", group="user")
+    cfg = DataConfig.parse({"format": "csv", "train": str(write_csv(tmp_path / "a.csv", 400)),
+                            "split": {"ratios": [0.8, 0.1, 0.1], "seed": 3}})
+    assert_same(cfg, hashed, tmp_path / "cache")
+    train = pl.read_parquet(prepare(cfg, hashed, tmp_path / "cache").split_paths["train"] / "*.parquet")
+    assert train["user"].n_unique() == 23 and (train["user"] != 0).all()
