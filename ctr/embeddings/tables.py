@@ -112,18 +112,14 @@ def init_plain_tables(model: torch.nn.Module, seed: int) -> None:
                     weight.copy_(table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed))
 
 
-def embedding_param_count(model: torch.nn.Module) -> int:
-    """Parameters held by the embedding tables of ``model`` (every ``EmbeddingBagCollection`` and
-    ``EmbeddingCollection``, first-order tables included; numeric-field vectors and dense layers
-    excluded). The summary JSON's ``embedding_params``; compact models from a search report fewer.
-    """
+def table_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of every ``EmbeddingBagCollection`` and ``EmbeddingCollection`` (DIN's unpooled
+    history tables) in ``model``: first-order tables included, numeric-field vectors and dense layers not."""
     tables = (EmbeddingBagCollection, EmbeddingCollection)
-    seen: set[int] = set()
-    total = 0
-    for module in model.modules():
-        if isinstance(module, tables):
-            for p in module.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    total += p.numel()
-    return total
+    return [p for m in model.modules() if isinstance(m, tables) for p in m.parameters()]
+
+
+def embedding_param_count(model: torch.nn.Module) -> int:
+    """Parameters in the embedding tables of ``model`` (:func:`table_parameters`): the summary JSON's
+    ``embedding_params``; compact models from a search report fewer."""
+    return sum(p.numel() for p in table_parameters(model))

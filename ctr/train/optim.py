@@ -11,12 +11,12 @@ from typing import Literal
 import torch
 import torchrec.optim as trec_optim
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from ctr.config import StrictConfig
+from ctr.embeddings.tables import table_parameters
 
 SparseOpt = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 FUSED_ON_CPU = ("rowwise_adagrad", "adagrad", "sgd")
@@ -43,11 +43,6 @@ class OptimConfig(StrictConfig):
 def tables_fused(cfg: OptimConfig, device: torch.device) -> bool:
     """Whether tables use FBGEMM's fused optimizer (else TorchRec's dense kernel + torch optimizer)."""
     return cfg.sparse in FUSED_ON_CPU or (cfg.sparse == "adam" and device.type == "cuda")
-
-
-def table_parameters(model: nn.Module) -> list[nn.Parameter]:
-    tables = (EmbeddingBagCollection, EmbeddingCollection)  # EC: unpooled history tables (DIN)
-    return [p for m in model.modules() if isinstance(m, tables) for p in m.parameters()]
 
 
 def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
