@@ -30,17 +30,15 @@ def fit_vocab(train: pl.DataFrame | pl.LazyFrame, schema: Schema, skip: set[str]
     Returns:
         Frame ``table, id, value, count`` sorted by table then id; every table has an id-0 row.
     """
-    tables = {t: specs for t, specs in schema.tables.items() if t not in skip}
+    tables = [t for t in schema.tables if t not in skip]
     if not tables:
         return pl.DataFrame(schema=VOCAB_SCHEMA)
-    counts = _value_counts(train.lazy(), schema, tables).collect(engine="streaming")
-    mins = pl.DataFrame({"table": list(tables), "min_count": [schema.min_count_of(t) for t in tables]})
-    counts = counts.join(mins, on="table", how="left")
+    counts = _counts_with_min(train, schema, tables)
     kept = (counts.filter(pl.col("count") >= pl.col("min_count"))
             .sort(["table", "count", "value"], descending=[False, True, False])
             .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("table").alias("id")))
     rare = counts.filter(pl.col("count") < pl.col("min_count")).group_by("table").agg(pl.col("count").sum())
-    oov = (mins.select("table").join(rare, on="table", how="left")
+    oov = (pl.DataFrame({"table": tables}).join(rare, on="table", how="left")
            .select("table", pl.lit(0, pl.Int64).alias("id"), pl.lit(None, pl.String).alias("value"),
                    pl.col("count").fill_null(0).cast(pl.Int64)))
     out = pl.concat([oov, kept.select(list(VOCAB_SCHEMA))]).cast(VOCAB_SCHEMA)
@@ -52,19 +50,25 @@ def fit_cardinality(train: pl.DataFrame | pl.LazyFrame, schema: Schema, tables: 
     vocabulary), i.e. the vocabulary size a ``vocab`` encoding would have: the collisionless reference."""
     if not tables:
         return {}
-    counts = _value_counts(train.lazy(), schema, {t: schema.tables[t] for t in tables}).collect(engine="streaming")
-    mins = pl.DataFrame({"table": tables, "min_count": [schema.min_count_of(t) for t in tables]})
-    kept = (counts.join(mins, on="table").filter(pl.col("count") >= pl.col("min_count"))
+    kept = (_counts_with_min(train, schema, tables).filter(pl.col("count") >= pl.col("min_count"))
             .group_by("table").agg(pl.len().alias("n")))
     found = dict(zip(kept["table"].to_list(), kept["n"].to_list(), strict=True))
     return {t: int(found.get(t, 0)) for t in tables}
 
 
-def _value_counts(lf: pl.LazyFrame, schema: Schema, tables: dict | None = None) -> pl.LazyFrame:
+def _counts_with_min(train: pl.DataFrame | pl.LazyFrame, schema: Schema, tables: list[str]) -> pl.DataFrame:
+    """``table, value, count, min_count``: the train count of every value of ``tables`` (one streaming
+    group-by) beside its table's ``min_count``."""
+    counts = _value_counts(train.lazy(), schema, tables).collect(engine="streaming")
+    mins = pl.DataFrame({"table": tables, "min_count": [schema.min_count_of(t) for t in tables]})
+    return counts.join(mins, on="table", how="left")
+
+
+def _value_counts(lf: pl.LazyFrame, schema: Schema, tables: list[str]) -> pl.LazyFrame:
     dtypes = lf.collect_schema()
     parts = []
-    for table, specs in (schema.tables if tables is None else tables).items():
-        for spec in specs:
+    for table in tables:
+        for spec in schema.tables[table]:
             if spec.kind == "categorical":
                 value = category_expr(spec.column)
                 parts.append(lf.select(pl.lit(table).alias("table"), value.alias("value")))
