@@ -1,13 +1,15 @@
 """`make bench`: scaling numbers for Ray training and prepare.
 
-* training examples/s on 1 worker (in process) and 2 Ray Train workers, same synthetic data;
+* training examples/s on 1 worker (in process) and 2 Ray Train workers, same synthetic data: two
+  epochs per run, the first one a warm-up (allocator, thread pools, Ray actors), the second one
+  measured; ``--repeats`` runs per worker count (median, min and max reported);
 * per-worker peak RSS for one embedding table that exceeds a worker's memory budget but fits when
   row-wise sharded over two gloo ranks (rows generated per shard, never the full table per rank);
 * peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows.
 
 Each measurement runs in its own subprocess. Writes ``bench-results/ray_scale.{json,md}``.
 
-    python -m benchmarks.ray_scale [--train-rows 50000] [--table-rows 6000000] [--budget-mb 1500]
+    python -m benchmarks.ray_scale [--train-rows 50000] [--repeats 3] [--table-rows 6000000] [--budget-mb 1500]
                                    [--prepare-rows 1000000 10000000]
 """
 
@@ -34,7 +36,7 @@ def _spec(rows: int, workers: int, extra: list[str] = ()):
 
     sets = [f"synthetic.rows={rows}", "synthetic.max_cardinality=100000",
             f"data.train={CACHE}/synthetic_{rows}.parquet", f"data.cache_dir={CACHE}",
-            "train.epochs=1", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
+            "train.epochs=2", "train.patience=5", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
             "register.enabled=false", *extra]
     return load_spec("pipelines/examples/synthetic.yaml", sets)
 
@@ -49,9 +51,11 @@ def train_speed(args) -> dict:
         start = time.perf_counter()
         result = train(spec, prepared, Path(tmp))
         wall = time.perf_counter() - start
-    h = result.fit.history[0]
+    warm, h = result.fit.history[0], result.fit.history[-1]  # epoch 1 warms up; epoch 2 is measured
     return {"workers": args.workers, "examples_per_s": h["examples_per_s"], "epoch_seconds": h["epoch_seconds"],
-            "wall_seconds": wall, "valid_auc": h["valid_auc"], "train_rows": result.fit.train_rows}
+            "warmup_examples_per_s": warm["examples_per_s"], "wall_seconds": wall, "valid_auc": h["valid_auc"],
+            "train_rows": prepared.rows["train"], "rows_read_rank0": result.rows_read.get("train"),
+            "driver_peak_rss_mb": _rss_mb()}
 
 
 def _big_table_rank(rank: int, world: int, args, port: int, out: str) -> None:
@@ -124,22 +128,37 @@ def prepare_rss(args) -> dict:
 def _child(variant: str, args, **over) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.ray_scale", "--variant", variant]
     for k, v in {**vars(args), **over}.items():
-        if k not in ("variant", "prepare_rows") and v is not None:
+        if k not in ("variant", "prepare_rows", "repeats") and v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _spread(runs: list[dict]) -> dict:
+    rates = sorted(r["examples_per_s"] for r in runs)
+    return {**runs[0], "examples_per_s": rates[len(rates) // 2], "examples_per_s_min": rates[0],
+            "examples_per_s_max": rates[-1], "repeats": len(runs), "runs": runs}
+
+
 def parent(args) -> None:
-    res = {"train": [_child("train", args, workers=w) for w in (1, 2)],
+    # interleave the worker counts so slow drift of the machine hits both alike
+    runs = {w: [] for w in (1, 2)}
+    for _ in range(args.repeats):
+        for w in runs:
+            runs[w].append(_child("train", args, workers=w))
+    res = {"train": [_spread(r) for r in runs.values()],
            "big_table": [_child("table", args, workers=w) for w in (1, 2)],
            "prepare": [_child("prepare", args, rows=n) for n in args.prepare_rows]}
     OUT.mkdir(exist_ok=True)
     (OUT / "ray_scale.json").write_text(json.dumps(res, indent=2))
     md = [f"Ray scaling, synthetic Criteo-like data, {os.cpu_count()}-core CPU", "",
-          "| training | examples/s | epoch s | wall s (incl. Ray start) | valid AUC |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['workers']} worker(s) | {r['examples_per_s']:.0f} | {r['epoch_seconds']:.1f} | "
-           f"{r['wall_seconds']:.1f} | {r['valid_auc']:.4f} |" for r in res["train"]]
+          f"Training: {args.train_rows} rows, examples/s of epoch 2 (epoch 1 is a warm-up), median "
+          f"[min, max] of {args.repeats} runs; rows held = train rows worker 0 read", "",
+          "| training | examples/s | epoch s | wall s (incl. Ray start) | valid AUC | rows held |",
+          "|---|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['workers']} worker(s) | {r['examples_per_s']:.0f} [{r['examples_per_s_min']:.0f}, "
+           f"{r['examples_per_s_max']:.0f}] | {r['epoch_seconds']:.1f} | {r['wall_seconds']:.1f} | "
+           f"{r['valid_auc']:.4f} | {r['rows_read_rank0']} of {r['train_rows']} |" for r in res["train"]]
     md += ["", f"One table of {args.table_rows} x {args.dim} fp32 ({res['big_table'][0]['table_mb']:.0f} MB), "
            f"per-worker budget {args.budget_mb} MB peak RSS:", "",
            "| gloo ranks | per-rank peak RSS MB | within budget |", "|---|---|---|"]
@@ -158,6 +177,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--train-rows", type=int, default=50_000)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--table-rows", type=int, default=6_000_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--budget-mb", type=int, default=1500)
