@@ -5,7 +5,9 @@
   measured; ``--repeats`` runs per worker count (median, min and max reported);
 * per-worker peak RSS for one embedding table that exceeds a worker's memory budget but fits when
   row-wise sharded over two gloo ranks (rows generated per shard, never the full table per rank);
-* peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows.
+* peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows;
+* what one worker holds of the largest prepared train split at 1, 2 and 4 workers: rows read, peak
+  RSS and seconds to read its share and walk one epoch of its batches (each rank reads only its range).
 
 Each measurement runs in its own subprocess. Writes ``bench-results/ray_scale.{json,md}``.
 
@@ -125,6 +127,31 @@ def prepare_rss(args) -> dict:
             "cache_hit": prepared.cache_hit, "input_mb": path.stat().st_size / 2**20}
 
 
+def shard_read(args) -> dict:
+    from ctr.data.loader import BatchIterator, rank_rows
+    from ctr.data.prepare import count_encoded, read_encoded
+    from pipelines.stages import prepare as prepare_stage
+
+    spec = _spec(args.rows, 1, ["synthetic.max_cardinality=1000000"])
+    spec = spec.__class__(**{**spec.__dict__, "synthetic": None})
+    prepared = prepare_stage.run(spec)
+    if not prepared.cache_hit:
+        raise SystemExit("shard_read runs after the prepare variant at the same --rows (it reads that cache)")
+    path, schema = prepared.split_paths["train"], prepared.artifact.schema
+    before, start = _rss_mb(), time.perf_counter()
+    total = count_encoded(path)
+    lo, hi = rank_rows(total, 0, args.workers)
+    share = read_encoded(path, schema, rows=(lo, hi))
+    read_s = time.perf_counter() - start
+    it = BatchIterator(share, 4096, shuffle=True, seed=0, world_size=args.workers, total_rows=total)
+    start, seen = time.perf_counter(), 0
+    for rows, _ in it.local_batches():  # the epoch's index work (batches themselves are built per step)
+        seen += len(rows)
+    return {"rows": total, "workers": args.workers, "rows_read": len(share), "rows_in_epoch": seen,
+            "read_seconds": read_s, "epoch_index_seconds": time.perf_counter() - start,
+            "peak_rss_mb": _rss_mb(), "rss_before_read_mb": before}
+
+
 def _child(variant: str, args, **over) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.ray_scale", "--variant", variant]
     for k, v in {**vars(args), **over}.items():
@@ -149,6 +176,7 @@ def parent(args) -> None:
     res = {"train": [_spread(r) for r in runs.values()],
            "big_table": [_child("table", args, workers=w) for w in (1, 2)],
            "prepare": [_child("prepare", args, rows=n) for n in args.prepare_rows]}
+    res["shard_read"] = [_child("shard_read", args, rows=max(args.prepare_rows), workers=w) for w in (1, 2, 4)]
     OUT.mkdir(exist_ok=True)
     (OUT / "ray_scale.json").write_text(json.dumps(res, indent=2))
     md = [f"Ray scaling, synthetic Criteo-like data, {os.cpu_count()}-core CPU", "",
@@ -167,13 +195,18 @@ def parent(args) -> None:
     md += ["", "| prepare rows | peak RSS MB | seconds | input MB |", "|---:|---:|---:|---:|"]
     md += [f"| {r['rows']} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['input_mb']:.0f} |"
            for r in res["prepare"]]
+    md += ["", f"One worker's share of the {max(args.prepare_rows)}-row train split (rank 0 reads only its "
+           "row range):", "", "| workers | rows read | read s | peak RSS MB (before reading) |",
+           "|---:|---:|---:|---:|"]
+    md += [f"| {r['workers']} | {r['rows_read']} of {r['rows']} | {r['read_seconds']:.1f} | "
+           f"{r['peak_rss_mb']:.0f} ({r['rss_before_read_mb']:.0f}) |" for r in res["shard_read"]]
     (OUT / "ray_scale.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", choices=["train", "table", "prepare"])
+    p.add_argument("--variant", choices=["train", "table", "prepare", "shard_read"])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--train-rows", type=int, default=50_000)
@@ -186,7 +219,7 @@ def main() -> None:
     if args.variant is None:
         parent(args)
         return
-    fn = {"train": train_speed, "table": big_table, "prepare": prepare_rss}[args.variant]
+    fn = {"train": train_speed, "table": big_table, "prepare": prepare_rss, "shard_read": shard_read}[args.variant]
     print(json.dumps(fn(args)))
 
 
