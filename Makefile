@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench bench-serving protos serve fuzz contract clean
+.PHONY: install demo test lint bench bench-peers bench-serving protos serve fuzz contract clean
 
 $(STAMP): pyproject.toml requirements.txt constraints.txt third_party/fbgemm-gpu-cpu-shim/pyproject.toml protos/ctr/scoring/v1/scorer.proto
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.ray_scale
 	$(BIN)/python -m benchmarks.serving_latency
+
+# ctr vs deepctr-torch and torch-rechub on the same encoded data (creates .bench-peers on first use; long)
+bench-peers: $(STAMP)
+	$(BIN)/python -m benchmarks.peer_compare
 
 bench-serving: $(STAMP)
 	$(BIN)/python -m benchmarks.serving_latency

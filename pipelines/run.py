@@ -70,12 +70,13 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
         prepared = prepare_stage.run(spec)
         tracker.log_datasets(prepare_stage.dataset_infos(spec, prepared))
         tracker.log_artifact(prepared.artifact_dir, "feature_map")
-    full, search = (spec, prepared), None
+    full, search, marks = (spec, prepared), None, {}
     if is_search(spec.embedding):  # phases (nested MLflow runs) → the compact model (pipelines/search.py)
         spec, prepared, trained, search = search_runner.run_search_stage(spec, tracker, prepared, run_dir)
     else:
         with tracker.stage("train"):
-            trained = train_stage.run(spec, prepared, run_dir, on_report=tracker.log_epoch, on_step=tracker.log_step)
+            trained = train_stage.run(spec, prepared, run_dir, on_report=_marking(tracker.log_epoch, marks),
+                                      on_step=tracker.log_step)
             tracker.log_history(trained.fit.history, trained.fit.step_losses)
             _log_training_artifacts(tracker, trained, run_dir)
     with tracker.stage("evaluate"):
@@ -85,6 +86,7 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
     baseline = _baseline(spec, tracker, prepared, run_dir) if spec.baseline is not None else None
     summary = _summary(spec, test, trained, prepared, run_dir, oracle, baseline)
     summary["embedding_params"] = embedding_param_count(model)
+    summary.update(marks)
     tracker.log_metrics({"embedding_params": summary["embedding_params"]})
     if search is not None:
         summary["search"] = search
@@ -97,6 +99,14 @@ def _stages(spec: PipelineSpec, tracker: RunTracker, run_dir: Path) -> dict:
             reg = register_stage.run(spec, tracker, Path(summary["bundle"]), test, _lineage(tracker, prepared))
             summary.update(reg, run_id=tracker.run_id, registered_model=spec.model_name)
     return summary
+
+
+def _marking(on_report, marks: dict):
+    """``on_report`` that also notes the wall-clock time (Unix seconds) the first epoch ended."""
+    def report(record: dict) -> None:
+        marks.setdefault("first_epoch_end_unix", time.time())
+        on_report(record)
+    return report
 
 
 def _log_training_artifacts(tracker: RunTracker, trained, run_dir: Path) -> None:

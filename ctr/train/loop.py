@@ -30,7 +30,10 @@ class TrainConfig(StrictConfig):
         eval_batch_size (int): batch size for validation/test.
         optimizer (OptimConfig): dense and table optimizers.
         patience (int): epochs without improvement of ``monitor`` before stopping.
-        monitor (str): ``auc`` (higher is better) or ``logloss`` (lower is better), on validation.
+        monitor (str): the validation quantity early stopping and best-epoch selection follow:
+            ``auc_logloss`` (AUC − logloss, higher is better; the default: AUC alone keeps training while
+            the probabilities degrade, and a CTR model's scores are used as probabilities), ``auc``
+            (higher is better) or ``logloss`` (lower is better).
         seed (int): seed for init and shuffling.
         max_steps_per_epoch (int | None): cap steps per epoch (smoke runs, benchmarks).
         progress (bool): show a tqdm progress bar.
@@ -43,7 +46,7 @@ class TrainConfig(StrictConfig):
     eval_batch_size: int = 16384
     optimizer: OptimConfig = OptimConfig()
     patience: int = 2
-    monitor: Literal["auc", "logloss"] = "auc"
+    monitor: Literal["auc_logloss", "auc", "logloss"] = "auc_logloss"
     seed: int = 2021
     max_steps_per_epoch: int | None = None
     progress: bool = True
@@ -88,12 +91,19 @@ class FitResult:
         return cls(**doc)
 
 
-def _better(metric: str, new: float, old: float | None) -> bool:
+def monitored(monitor: str, metrics: dict[str, float]) -> float:
+    """The value of ``monitor`` in validation ``metrics`` (``auc_logloss`` = AUC − logloss)."""
+    if monitor == "auc_logloss":
+        return metrics["auc"] - metrics["logloss"]
+    return metrics[monitor]
+
+
+def _better(monitor: str, new: float, old: float | None) -> bool:
     if math.isnan(new):
         return False
     if old is None:
         return True
-    return new > old if metric == "auc" else new < old
+    return new < old if monitor == "logloss" else new > old
 
 
 StepCallback = Callable[[int, float], None]
@@ -177,14 +187,15 @@ def _end_epoch(model, result: FitResult, metrics: dict, losses: list[float], cfg
     result.train_rows += rows * world_size
     result.train_seconds += seconds
     result.epochs_done, result.epoch_steps, result.epoch_rows, result.epoch_seconds = epoch, 0, 0, 0.0
-    improved = _better(cfg.monitor, metrics[cfg.monitor], result.best_value)
+    value = monitored(cfg.monitor, metrics)
+    improved = _better(cfg.monitor, value, result.best_value)
     log.info("epoch %d: train_loss %.5f valid_auc %.5f valid_logloss %.5f (%.0f examples/s)%s",
              epoch, record["train_loss"], metrics["auc"], metrics["logloss"],
              record["examples_per_s"], " *best*" if improved else "")
     if on_report is not None:
         on_report(record)
     if improved:
-        result.best_value, result.bad_epochs = metrics[cfg.monitor], 0
+        result.best_value, result.bad_epochs = value, 0
         result.best_epoch, result.best = epoch, dict(metrics)
         if checkpointer is not None:
             checkpointer.save_best(model)
