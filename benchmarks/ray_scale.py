@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,11 @@ def _spec(rows: int, workers: int, extra: list[str] = ()):
             "train.epochs=2", "train.patience=5", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
             "register.enabled=false", *extra]
     return load_spec("pipelines/examples/synthetic.yaml", sets)
+
+
+def _prepare_spec(rows: int):
+    """The prepare/shard_read variants' spec: 10^6-cardinality synthetic data, its own prepare cache."""
+    return _spec(rows, 1, ["synthetic.max_cardinality=1000000", f"data.cache_dir={CACHE}/prepare_{rows}"])
 
 
 def train_speed(args) -> dict:
@@ -114,7 +120,8 @@ def prepare_rss(args) -> dict:
     from ctr.data.synthetic import write_synthetic_if_missing
     from pipelines.stages import prepare as prepare_stage
 
-    spec = _spec(args.rows, 1, ["synthetic.max_cardinality=1000000"])
+    spec = _prepare_spec(args.rows)
+    shutil.rmtree(spec.data.cache_dir, ignore_errors=True)  # measure a real prepare, never a cache hit
     path = Path(spec.data.train)
     if not path.is_file():  # generated in a child so its memory is not counted here
         subprocess.run([sys.executable, "-c", "import sys; from ctr.data.synthetic import write_synthetic_if_missing "
@@ -132,7 +139,7 @@ def shard_read(args) -> dict:
     from ctr.data.prepare import count_encoded, read_encoded
     from pipelines.stages import prepare as prepare_stage
 
-    spec = _spec(args.rows, 1, ["synthetic.max_cardinality=1000000"])
+    spec = _prepare_spec(args.rows)
     spec = spec.__class__(**{**spec.__dict__, "synthetic": None})
     prepared = prepare_stage.run(spec)
     if not prepared.cache_hit:
@@ -155,7 +162,7 @@ def shard_read(args) -> dict:
 def _child(variant: str, args, **over) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.ray_scale", "--variant", variant]
     for k, v in {**vars(args), **over}.items():
-        if k not in ("variant", "prepare_rows", "repeats") and v is not None:
+        if k not in ("variant", "prepare_rows", "repeats", "parts") and v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -167,16 +174,29 @@ def _spread(runs: list[dict]) -> dict:
             "examples_per_s_max": rates[-1], "repeats": len(runs), "runs": runs}
 
 
+PARTS = ("train", "big_table", "prepare", "shard_read")
+
+
 def parent(args) -> None:
     # interleave the worker counts so slow drift of the machine hits both alike
-    runs = {w: [] for w in (1, 2)}
-    for _ in range(args.repeats):
-        for w in runs:
-            runs[w].append(_child("train", args, workers=w))
-    res = {"train": [_spread(r) for r in runs.values()],
-           "big_table": [_child("table", args, workers=w) for w in (1, 2)],
-           "prepare": [_child("prepare", args, rows=n) for n in args.prepare_rows]}
-    res["shard_read"] = [_child("shard_read", args, rows=max(args.prepare_rows), workers=w) for w in (1, 2, 4)]
+    old = json.loads((OUT / "ray_scale.json").read_text()) if (OUT / "ray_scale.json").is_file() else {}
+    missing = [p for p in PARTS if p not in args.parts and p not in old]
+    if missing:
+        raise SystemExit(f"--parts {' '.join(args.parts)}: no earlier result for {', '.join(missing)} in "
+                         f"{OUT / 'ray_scale.json'}; measure them too")
+    res = {p: old[p] for p in PARTS if p not in args.parts}
+    if "train" in args.parts:
+        runs = {w: [] for w in (1, 2)}
+        for _ in range(args.repeats):
+            for w in runs:
+                runs[w].append(_child("train", args, workers=w))
+        res["train"] = [_spread(r) for r in runs.values()]
+    if "big_table" in args.parts:
+        res["big_table"] = [_child("table", args, workers=w) for w in (1, 2)]
+    if "prepare" in args.parts:
+        res["prepare"] = [_child("prepare", args, rows=n) for n in args.prepare_rows]
+    if "shard_read" in args.parts:
+        res["shard_read"] = [_child("shard_read", args, rows=max(args.prepare_rows), workers=w) for w in (1, 2, 4)]
     OUT.mkdir(exist_ok=True)
     (OUT / "ray_scale.json").write_text(json.dumps(res, indent=2))
     md = [f"Ray scaling, synthetic Criteo-like data, {os.cpu_count()}-core CPU", "",
@@ -207,6 +227,8 @@ def parent(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=["train", "table", "prepare", "shard_read"])
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="what to measure (default all); the others are kept from the last ray_scale.json")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--train-rows", type=int, default=50_000)
