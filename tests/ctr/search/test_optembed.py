@@ -150,8 +150,9 @@ def test_evolution_never_loses_its_best_candidate():
 def test_evolution_breaks_ties_by_cost_and_finds_a_separable_optimum():
     res = evolve(lambda c: -sum(abs(g - 5) for g in c), 4, range(1, 9), 25, 16, 8, 8, 6, 0.3, seed=3)
     assert res.best == (5, 5, 5, 5)
-    res = evolve(lambda c: 1.0, 3, range(1, 9), 3, 10, 4, 4, 4, 0.3, seed=0, cost=lambda c: sum(c))
-    assert res.fitness == 1.0 and sum(res.best) == min(sum(c) for c in [res.best])
+    seen = []
+    res = evolve(lambda c: seen.append(c) or 1.0, 3, range(1, 9), 3, 10, 4, 4, 4, 0.3, seed=0, cost=sum)
+    assert res.fitness == 1.0 and sum(res.best) == min(sum(c) for c in seen) and len(seen) > 10
 
 
 @pytest.mark.parametrize("model_raw", MODELS, ids=[m["name"] for m in MODELS])
