@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from ctr.embeddings.base import FieldLayout
+from ctr.embeddings.base import FieldLayout, require_single_id_fields
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.embeddings.projection import WidthProjection
 from ctr.embeddings.tables import FBGEMM_DIM_MULTIPLE
@@ -66,10 +66,7 @@ class MixedDimEmbedding(PlainEmbedding):
         if bad:
             raise ConfigError(f"widths {bad} are not positive multiples of {FBGEMM_DIM_MULTIPLE} (FBGEMM fused "
                               "kernels); fix: round them up", "embedding.widths")
-        seq = [f.name for f in schema.sparse_fields if f.kind != "categorical"]
-        if seq:
-            raise ConfigError(f"mixed widths support single-id categorical fields only; {seq} are sequences; "
-                              "fix: drop them or use embedding: plain", "embedding.name")
+        require_single_id_fields(layout, "mixed_dim")
         super().__init__(layout, dim, config, device, prefix)
         self.field_tables = {f.name: f.table_name for f in schema.sparse_fields}
         self.projection = WidthProjection({t: config.widths.get(t, dim) for t in schema.tables}, dim)

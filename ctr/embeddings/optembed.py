@@ -30,9 +30,8 @@ from pydantic import Field
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.embeddings.base import FieldLayout
+from ctr.embeddings.base import FieldLayout, require_single_id_fields
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
-from ctr.errors import ConfigError
 
 
 class OptEmbedConfig(PlainEmbeddingConfig):
@@ -115,10 +114,7 @@ class OptEmbedEmbedding(PlainEmbedding):
     def __init__(self, layout: FieldLayout, dim: int, config: OptEmbedConfig,
                  device: torch.device | None = None, prefix: str = "") -> None:
         schema = layout.schema
-        bad = [f.name for f in schema.sparse_fields if f.kind != "categorical"]
-        if bad:
-            raise ConfigError(f"OptEmbed masks single-id categorical fields only; fields {bad} are sequences; "
-                              "fix: drop them or use embedding: plain", "embedding.name")
+        require_single_id_fields(layout, "OptEmbed")
         super().__init__(layout, dim, config, device, prefix)
         self.config = config
         self.tables = list(schema.tables)
