@@ -51,6 +51,9 @@ class OptEmbedConfig(PlainEmbeddingConfig):
         top_k (int): parents are drawn from the best ``top_k`` candidates evaluated so far.
         mutation_prob (float): per-field re-sampling probability p_m of a mutation.
         search_seed (int): seed of the evolution.
+        param_budget (float | None): optional cap (not in the paper, whose fitness is AUC only): candidates
+            whose compact tables (kept rows × rounded widths) hold more than this fraction of the full
+            tables' parameters (all rows × D) score ``-inf`` without being evaluated. ``None``: no cap.
     """
 
     name: Literal["optembed"] = "optembed"
@@ -66,6 +69,7 @@ class OptEmbedConfig(PlainEmbeddingConfig):
     top_k: int = Field(15, ge=2)
     mutation_prob: float = Field(0.1, gt=0.0, le=1.0)
     search_seed: int = 0
+    param_budget: float | None = Field(None, gt=0.0, le=1.0)
 
 
 class LongTailedStep(torch.autograd.Function):

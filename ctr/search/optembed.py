@@ -5,7 +5,8 @@
 * ``evolve`` loads the supernet unsharded, fixes the row mask from the final thresholds
   (``keep_t = {i : ‖e_i‖ > θ_t}``) and runs :func:`ctr.search.evolution.evolve` over per-table widths; the
   fitness is the supernet's validation AUC at those widths (prefix masks; rows masked as fixed). Ties go
-  to the smaller compact model.
+  to the smaller compact model; with ``param_budget`` candidates over the cap score ``-inf`` (an addition
+  to the paper, whose fitness ignores size).
 * ``materialise`` writes the compact artifact (pruned values removed: they encode to OOV id 0), the
   remapped splits, and the compact model's initial weights: the **saved initial weights** of the kept
   rows, their first ``d_t`` columns in a table ``round_up_4(d_t)`` wide (the rest zero), the OOV row zeroed
@@ -98,20 +99,29 @@ def evolve(ctx: PhaseContext) -> dict:
     batches = memory_batches(ctx.splits["valid"], artifact.schema, ctx.train_cfg.eval_batch_size)
     tables = emb.tables
 
-    def fitness(widths: tuple[int, ...]) -> float:
-        emb.dims = dict(zip(tables, widths, strict=True))
-        return evaluate(model, batches)["auc"]
-
     def cost(widths: tuple[int, ...]) -> float:
         return float(sum(len(keep[t]) * round_up(d) for t, d in zip(tables, widths, strict=True)))
 
-    full = fitness(tuple([emb.embedding_dim] * len(tables)))
+    budget = None if cfg.param_budget is None else cfg.param_budget * sum(
+        layout.table_sizes[t] * emb.embedding_dim for t in tables)
+
+    def fitness(widths: tuple[int, ...]) -> float:
+        if budget is not None and cost(widths) > budget:
+            return float("-inf")  # over the parameter cap: never evaluated, never chosen over a feasible one
+        emb.dims = dict(zip(tables, widths, strict=True))
+        return evaluate(model, batches)["auc"]
+
+    emb.dims = None
+    full = evaluate(model, batches)["auc"]
     result = run_evolution(fitness, len(tables), dim_choices(emb.embedding_dim, cfg.dim_step), cfg.generations,
                            cfg.mutation_num + cfg.crossover_num, cfg.mutation_num, cfg.crossover_num, cfg.top_k,
                            cfg.mutation_prob, cfg.search_seed, cost,
-                           lambda rec: ctx.log_metrics({"best_valid_auc": rec["best_fitness"],
-                                                        "generation_valid_auc": rec["generation_best"]},
-                                                       step=rec["generation"]))
+                           lambda rec: ctx.log_metrics({k: v for k, v in (("best_valid_auc", rec["best_fitness"]),
+                                                                          ("generation_valid_auc", rec["generation_best"]))
+                                                        if math.isfinite(v)}, step=rec["generation"]))
+    if not math.isfinite(result.fitness):
+        raise ConfigError(f"no evaluated candidate fits param_budget {cfg.param_budget}; fix: raise the budget or "
+                          "run more generations / a larger population", "embedding.param_budget")
     emb.dims = None
     dims = dict(zip(tables, result.best, strict=True))
     widths = {t: round_up(d) for t, d in dims.items()}
