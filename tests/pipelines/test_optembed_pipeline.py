@@ -1,6 +1,7 @@
 """OptEmbed end to end through ``ctr run`` machinery: four phases as nested runs → a mixed-width compact model
 (widths multiples of 4, pruned rows gone) that is exported, registered, loaded by ``load_bundle`` and scored."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.slow
 OPTEMBED = {"name": "optembed", "supernet_epochs": 2, "threshold_init": 0.06, "threshold_lr": 0.01, "alpha": 1e-3,
-            "generations": 2, "mutation_num": 3, "crossover_num": 3, "top_k": 3, "mutation_prob": 0.3}
+            "generations": 2, "mutation_num": 3, "crossover_num": 3, "top_k": 3, "mutation_prob": 0.3,
+            "param_budget": 0.7}
 
 
 def test_optembed_pipeline_compact_mixed_widths_bundle(tmp_path, tracking_uri):
@@ -32,6 +34,10 @@ def test_optembed_pipeline_compact_mixed_widths_bundle(tmp_path, tracking_uri):
     assert summary["embedding_params"] < base["embedding_params"]
     assert 0.4 < summary["test"]["auc"] <= 1
     assert (phases / "supernet" / "checkpoints" / "epoch-start-0" / ".metadata").is_file()  # initial weights
+    found = json.loads((phases / "evolve" / "search.json").read_text())
+    tables = found["keep"]["tables"]
+    compact = sum(r["compact_rows"] * found["widths"][t] for t, r in tables.items())
+    assert compact <= 0.7 * sum(r["rows"] * 8 for r in tables.values())  # param_budget honoured
 
     from mlflow import MlflowClient
 
