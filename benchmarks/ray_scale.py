@@ -1,13 +1,17 @@
 """`make bench`: scaling numbers for Ray training and prepare.
 
-* training examples/s on 1 worker (in process) and 2 Ray Train workers, same synthetic data;
+* training examples/s on 1 worker (in process) and 2 Ray Train workers, same synthetic data: two
+  epochs per run, the first one a warm-up (allocator, thread pools, Ray actors), the second one
+  measured; ``--repeats`` runs per worker count (median, min and max reported);
 * per-worker peak RSS for one embedding table that exceeds a worker's memory budget but fits when
   row-wise sharded over two gloo ranks (rows generated per shard, never the full table per rank);
-* peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows.
+* peak RSS of ``prepare`` (synthetic generation excluded) at 10^6 and 10^7 rows;
+* what one worker holds of the largest prepared train split at 1, 2 and 4 workers: rows read, peak
+  RSS and seconds to read its share and walk one epoch of its batches (each rank reads only its range).
 
 Each measurement runs in its own subprocess. Writes ``bench-results/ray_scale.{json,md}``.
 
-    python -m benchmarks.ray_scale [--train-rows 50000] [--table-rows 6000000] [--budget-mb 1500]
+    python -m benchmarks.ray_scale [--train-rows 50000] [--repeats 3] [--table-rows 6000000] [--budget-mb 1500]
                                    [--prepare-rows 1000000 10000000]
 """
 
@@ -34,7 +38,7 @@ def _spec(rows: int, workers: int, extra: list[str] = ()):
 
     sets = [f"synthetic.rows={rows}", "synthetic.max_cardinality=100000",
             f"data.train={CACHE}/synthetic_{rows}.parquet", f"data.cache_dir={CACHE}",
-            "train.epochs=1", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
+            "train.epochs=2", "train.patience=5", "train.progress=false", "train.batch_size=1024", f"distributed.workers={workers}",
             "register.enabled=false", *extra]
     return load_spec("pipelines/examples/synthetic.yaml", sets)
 
@@ -49,9 +53,11 @@ def train_speed(args) -> dict:
         start = time.perf_counter()
         result = train(spec, prepared, Path(tmp))
         wall = time.perf_counter() - start
-    h = result.fit.history[0]
+    warm, h = result.fit.history[0], result.fit.history[-1]  # epoch 1 warms up; epoch 2 is measured
     return {"workers": args.workers, "examples_per_s": h["examples_per_s"], "epoch_seconds": h["epoch_seconds"],
-            "wall_seconds": wall, "valid_auc": h["valid_auc"], "train_rows": result.fit.train_rows}
+            "warmup_examples_per_s": warm["examples_per_s"], "wall_seconds": wall, "valid_auc": h["valid_auc"],
+            "train_rows": prepared.rows["train"], "rows_read_rank0": result.rows_read.get("train"),
+            "driver_peak_rss_mb": _rss_mb()}
 
 
 def _big_table_rank(rank: int, world: int, args, port: int, out: str) -> None:
@@ -121,25 +127,66 @@ def prepare_rss(args) -> dict:
             "cache_hit": prepared.cache_hit, "input_mb": path.stat().st_size / 2**20}
 
 
+def shard_read(args) -> dict:
+    from ctr.data.loader import BatchIterator, rank_rows
+    from ctr.data.prepare import count_encoded, read_encoded
+    from pipelines.stages import prepare as prepare_stage
+
+    spec = _spec(args.rows, 1, ["synthetic.max_cardinality=1000000"])
+    spec = spec.__class__(**{**spec.__dict__, "synthetic": None})
+    prepared = prepare_stage.run(spec)
+    if not prepared.cache_hit:
+        raise SystemExit("shard_read runs after the prepare variant at the same --rows (it reads that cache)")
+    path, schema = prepared.split_paths["train"], prepared.artifact.schema
+    before, start = _rss_mb(), time.perf_counter()
+    total = count_encoded(path)
+    lo, hi = rank_rows(total, 0, args.workers)
+    share = read_encoded(path, schema, rows=(lo, hi))
+    read_s = time.perf_counter() - start
+    it = BatchIterator(share, 4096, shuffle=True, seed=0, world_size=args.workers, total_rows=total)
+    start, seen = time.perf_counter(), 0
+    for rows, _ in it.local_batches():  # the epoch's index work (batches themselves are built per step)
+        seen += len(rows)
+    return {"rows": total, "workers": args.workers, "rows_read": len(share), "rows_in_epoch": seen,
+            "read_seconds": read_s, "epoch_index_seconds": time.perf_counter() - start,
+            "peak_rss_mb": _rss_mb(), "rss_before_read_mb": before}
+
+
 def _child(variant: str, args, **over) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.ray_scale", "--variant", variant]
     for k, v in {**vars(args), **over}.items():
-        if k not in ("variant", "prepare_rows") and v is not None:
+        if k not in ("variant", "prepare_rows", "repeats") and v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _spread(runs: list[dict]) -> dict:
+    rates = sorted(r["examples_per_s"] for r in runs)
+    return {**runs[0], "examples_per_s": rates[len(rates) // 2], "examples_per_s_min": rates[0],
+            "examples_per_s_max": rates[-1], "repeats": len(runs), "runs": runs}
+
+
 def parent(args) -> None:
-    res = {"train": [_child("train", args, workers=w) for w in (1, 2)],
+    # interleave the worker counts so slow drift of the machine hits both alike
+    runs = {w: [] for w in (1, 2)}
+    for _ in range(args.repeats):
+        for w in runs:
+            runs[w].append(_child("train", args, workers=w))
+    res = {"train": [_spread(r) for r in runs.values()],
            "big_table": [_child("table", args, workers=w) for w in (1, 2)],
            "prepare": [_child("prepare", args, rows=n) for n in args.prepare_rows]}
+    res["shard_read"] = [_child("shard_read", args, rows=max(args.prepare_rows), workers=w) for w in (1, 2, 4)]
     OUT.mkdir(exist_ok=True)
     (OUT / "ray_scale.json").write_text(json.dumps(res, indent=2))
     md = [f"Ray scaling, synthetic Criteo-like data, {os.cpu_count()}-core CPU", "",
-          "| training | examples/s | epoch s | wall s (incl. Ray start) | valid AUC |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['workers']} worker(s) | {r['examples_per_s']:.0f} | {r['epoch_seconds']:.1f} | "
-           f"{r['wall_seconds']:.1f} | {r['valid_auc']:.4f} |" for r in res["train"]]
+          f"Training: {args.train_rows} rows, examples/s of epoch 2 (epoch 1 is a warm-up), median "
+          f"[min, max] of {args.repeats} runs; rows held = train rows worker 0 read", "",
+          "| training | examples/s | epoch s | wall s (incl. Ray start) | valid AUC | rows held |",
+          "|---|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['workers']} worker(s) | {r['examples_per_s']:.0f} [{r['examples_per_s_min']:.0f}, "
+           f"{r['examples_per_s_max']:.0f}] | {r['epoch_seconds']:.1f} | {r['wall_seconds']:.1f} | "
+           f"{r['valid_auc']:.4f} | {r['rows_read_rank0']} of {r['train_rows']} |" for r in res["train"]]
     md += ["", f"One table of {args.table_rows} x {args.dim} fp32 ({res['big_table'][0]['table_mb']:.0f} MB), "
            f"per-worker budget {args.budget_mb} MB peak RSS:", "",
            "| gloo ranks | per-rank peak RSS MB | within budget |", "|---|---|---|"]
@@ -148,16 +195,22 @@ def parent(args) -> None:
     md += ["", "| prepare rows | peak RSS MB | seconds | input MB |", "|---:|---:|---:|---:|"]
     md += [f"| {r['rows']} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['input_mb']:.0f} |"
            for r in res["prepare"]]
+    md += ["", f"One worker's share of the {max(args.prepare_rows)}-row train split (rank 0 reads only its "
+           "row range):", "", "| workers | rows read | read s | peak RSS MB (before reading) |",
+           "|---:|---:|---:|---:|"]
+    md += [f"| {r['workers']} | {r['rows_read']} of {r['rows']} | {r['read_seconds']:.1f} | "
+           f"{r['peak_rss_mb']:.0f} ({r['rss_before_read_mb']:.0f}) |" for r in res["shard_read"]]
     (OUT / "ray_scale.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", choices=["train", "table", "prepare"])
+    p.add_argument("--variant", choices=["train", "table", "prepare", "shard_read"])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--train-rows", type=int, default=50_000)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--table-rows", type=int, default=6_000_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--budget-mb", type=int, default=1500)
@@ -166,7 +219,7 @@ def main() -> None:
     if args.variant is None:
         parent(args)
         return
-    fn = {"train": train_speed, "table": big_table, "prepare": prepare_rss}[args.variant]
+    fn = {"train": train_speed, "table": big_table, "prepare": prepare_rss, "shard_read": shard_read}[args.variant]
     print(json.dumps(fn(args)))
 
 

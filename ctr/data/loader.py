@@ -1,9 +1,24 @@
-"""Rank-aware mini-batches over an encoded split held in memory.
+"""Rank-aware mini-batches where each rank holds (and reads) only its own contiguous share of a split.
 
-Every rank walks the same sequence of **global** batches (one seeded permutation per epoch) and
-takes its contiguous share of each (``np.array_split(global_rows, world_size)[rank]``), so the
-rows seen per global step do not depend on the world size and all ranks take the same number of
-steps (collectives stay in lockstep).
+Rows are cut into **blocks** whose size depends only on the split's row count (never on the world
+size): :func:`block_starts`. Rank ``r`` of ``N`` owns a contiguous run of whole blocks
+(:func:`rank_rows`), so it reads one row range of the encoded Parquet file (only the row groups that
+overlap it) and keeps ``~1/N`` of the split in memory.
+
+Training order (``shuffle=True``) is stratified over blocks, so that the global batches do not
+depend on the world size although no rank sees other ranks' rows: each epoch every block's rows are
+permuted (seeded by ``(seed, epoch, block)``) and the row at permuted position ``p`` of block ``b``
+(``n_b`` rows, ``K`` blocks) goes to global step ``(⌊p·S/n_b⌋ + ⌊b·S/K⌋) mod S`` of ``S``: every block
+spreads evenly over the epoch, and the rotation ``⌊b·S/K⌋`` keeps blocks smaller than ``S`` from
+all landing in the same steps. A rank's share of step
+``k`` is what its own blocks contribute; the union over ranks is the same set of rows at every world
+size. Shares are unequal by up to one block, so each batch carries ``loss_rows = |global batch| / N``:
+the summed loss divided by it, averaged over ranks (what DMP's gradient averaging does), is the
+global batch's mean loss, exactly as at world size 1.
+
+Evaluation order (``shuffle=False``) is the file order: at world size 1 consecutive slices of
+``batch_size`` rows; with ``N`` ranks each rank cuts its own range into the same number of steps
+(sharded tables need every rank in every forward), and gathering in rank order restores file order.
 """
 
 from collections.abc import Iterator
@@ -13,19 +28,73 @@ import torch
 
 from ctr.features.tensorize import Batch, EncodedColumns
 
+MIN_BLOCKS = 64
+"""A split of at least this many rows has at least this many blocks (balance for up to ~16 ranks)."""
+MAX_BLOCK_ROWS = 8192
+"""Rows per block for large splits (one Parquet row group of 65,536 rows holds 8 blocks)."""
+
+
+def block_starts(n: int) -> np.ndarray:
+    """Start row of every block of an ``n``-row split, plus ``n`` at the end (world-size independent)."""
+    size = max(1, min(MAX_BLOCK_ROWS, -(-n // MIN_BLOCKS)))
+    return np.append(np.arange(0, n, size, dtype=np.int64), np.int64(n))
+
+
+def rank_blocks(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Block index range ``[first, stop)`` owned by ``rank`` (contiguous, sizes differ by at most one)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    blocks = len(block_starts(n)) - 1
+    return blocks * rank // world_size, blocks * (rank + 1) // world_size
+
+
+def rank_rows(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Row range ``[lo, hi)`` of an ``n``-row split that ``rank`` reads and holds.
+
+    Example::
+
+        >>> rank_rows(1000, 0, 2), rank_rows(1000, 1, 2)
+        ((0, 496), (496, 1000))
+    """
+    starts = block_starts(n)
+    first, stop = rank_blocks(n, rank, world_size)
+    return int(starts[first]), int(starts[stop])
+
+
+def _block_steps(starts: np.ndarray, block: int, steps: int) -> np.ndarray:
+    """Global step of each permuted position of ``block`` (see the module docstring)."""
+    size = int(starts[block + 1] - starts[block])
+    rotation = block * steps // (len(starts) - 1)
+    return (np.arange(size, dtype=np.int64) * steps // size + rotation) % steps
+
+
+def _step_rows(starts: np.ndarray, steps: int, chunk_rows: int = 1 << 20) -> np.ndarray:
+    """Rows of every global step over all blocks (``[steps]``, sums to the split's rows), in bounded memory."""
+    total = np.zeros(steps, dtype=np.int64)
+    parts, held = [], 0
+    for b in range(len(starts) - 1):
+        parts.append(_block_steps(starts, b, steps))
+        held += len(parts[-1])
+        if held >= chunk_rows or b == len(starts) - 2:
+            total += np.bincount(np.concatenate(parts), minlength=steps)
+            parts, held = [], 0
+    return total
+
 
 class BatchIterator:
     """Iterate one epoch of :class:`~ctr.features.tensorize.Batch` es for this rank.
 
     Args:
-        columns (EncodedColumns): the encoded split.
-        batch_size (int): rows per **global** batch (summed over ranks).
-        shuffle (bool): permute rows each epoch (seeded by ``seed`` and the epoch).
+        columns (EncodedColumns): the whole split, or (with ``total_rows``) only this rank's rows
+            ``rank_rows(total_rows, rank, world_size)`` as read by ``read_encoded(..., rows=...)``.
+        batch_size (int): rows per **global** batch (summed over ranks; the last batches of an epoch
+            may be smaller: an epoch has ``⌈n / batch_size⌉`` steps of near-equal size).
+        shuffle (bool): stratified shuffle of every epoch (seeded by ``seed`` and the epoch), else file order.
         seed (int): permutation seed.
         rank (int): this process's rank.
         world_size (int): number of ranks.
-        drop_last (bool): drop a final global batch smaller than ``batch_size``.
         device (torch.device | None): move each batch there (``None``: leave it on the CPU).
+        total_rows (int | None): rows of the whole split when ``columns`` holds only this rank's share.
 
     Example::
 
@@ -34,21 +103,26 @@ class BatchIterator:
         >>> schema = Schema.model_validate({"fields": [{"name": "c"}]})
         >>> cols = EncodedColumns.from_frame(pl.DataFrame({"c": [1, 2, 3, 4, 5], "_label": [0., 1., 0., 1., 0.]}), schema)
         >>> it = BatchIterator(cols, batch_size=2, shuffle=False, seed=0, rank=1, world_size=2)
-        >>> len(it), [b.labels.tolist() for b in it]
-        (3, [[1.0], [1.0], []])
+        >>> rank_rows(5, 1, 2), len(it), [b.sparse["c"].values().tolist() for b in it]
+        ((2, 5), 3, [[3], [4], [5]])
     """
 
     def __init__(self, columns: EncodedColumns, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                 device: torch.device | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+                 total_rows: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.n = len(columns) if total_rows is None else int(total_rows)
+        self.lo, self.hi = rank_rows(self.n, rank, world_size)
+        self.offset = 0 if total_rows is not None else self.lo  # row lo of the split is columns[offset]
+        if total_rows is not None and len(columns) != self.hi - self.lo:
+            raise ValueError(f"rank {rank} of {world_size} holds rows [{self.lo}, {self.hi}) of {self.n}, "
+                             f"but columns has {len(columns)} rows")
         self.columns = columns
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
+        self._global_rows: np.ndarray | None = None
         self.device = None if device is None or device.type == "cpu" else device
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -57,24 +131,43 @@ class BatchIterator:
         self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        n = len(self.columns)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-self.n // self.batch_size)
 
-    def global_batches(self) -> Iterator[np.ndarray]:
-        """Row indices of each global batch of the current epoch (identical on every rank)."""
-        n = len(self.columns)
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(n) if self.shuffle else None
-        for i in range(len(self)):
-            start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            yield order[start:stop] if order is not None else np.arange(start, stop)
+    def local_batches(self) -> Iterator[tuple[np.ndarray | slice, float | None]]:
+        """Per global step: this rank's rows (indices into ``columns``) and the step's ``loss_rows``."""
+        steps = len(self)
+        if not self.shuffle:
+            if self.world_size == 1:
+                for i in range(steps):
+                    yield slice(self.offset + i * self.batch_size,
+                                self.offset + min((i + 1) * self.batch_size, self.n)), None
+                return
+            bounds = np.arange(steps + 1, dtype=np.int64) * (self.hi - self.lo) // steps + self.offset
+            for i in range(steps):
+                yield slice(int(bounds[i]), int(bounds[i + 1])), None
+            return
+        starts = block_starts(self.n)
+        first, stop = rank_blocks(self.n, self.rank, self.world_size)
+        rows, step_of = [], []
+        for b in range(first, stop):
+            size = int(starts[b + 1] - starts[b])
+            perm = np.random.default_rng((self.seed, self.epoch, b)).permutation(size)
+            rows.append(perm + (int(starts[b]) - self.lo + self.offset))
+            step_of.append(_block_steps(starts, b, steps))
+        order = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        keys = np.concatenate(step_of) if step_of else np.zeros(0, dtype=np.int64)
+        order = order[np.argsort(keys, kind="stable")]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=steps))])
+        if self._global_rows is None or len(self._global_rows) != steps:
+            self._global_rows = _step_rows(starts, steps)  # epoch-independent: computed once
+        global_rows = self._global_rows
+        for i in range(steps):
+            yield order[bounds[i]:bounds[i + 1]], float(global_rows[i]) / self.world_size
 
     def __iter__(self) -> Iterator[Batch]:
-        for i, rows in enumerate(self.global_batches()):
+        for i, (rows, loss_rows) in enumerate(self.local_batches()):
             if i < self.skip:
                 continue
-            local = np.array_split(rows, self.world_size)[self.rank]
-            if self.shuffle or len(local) == 0:
-                batch = self.columns.batch(local)
-            else:
-                batch = self.columns.batch(slice(int(local[0]), int(local[-1]) + 1))
+            batch = self.columns.batch(rows)
+            batch.loss_rows = loss_rows
             yield batch if self.device is None else batch.to(self.device)

@@ -228,7 +228,24 @@ def load_split(prepared: PreparedData, split: str) -> EncodedColumns:
     return read_encoded(prepared.split_paths[split], prepared.artifact.schema)
 
 
-def read_encoded(path: str | Path, schema: Schema) -> EncodedColumns:
-    """Read an encoded split (a ``part-*.parquet`` folder or one Parquet file) into memory."""
+def _encoded_source(path: str | Path) -> str:
     p = Path(path)
-    return EncodedColumns.from_frame(pl.read_parquet(str(p / "*.parquet") if p.is_dir() else str(p)), schema)
+    return str(p / "*.parquet") if p.is_dir() else str(p)
+
+
+def count_encoded(path: str | Path) -> int:
+    """Rows of an encoded split, from the Parquet footers (no row is read)."""
+    return int(pl.scan_parquet(_encoded_source(path)).select(pl.len()).collect().item())
+
+
+def read_encoded(path: str | Path, schema: Schema, rows: tuple[int, int] | None = None) -> EncodedColumns:
+    """Read an encoded split (a ``part-*.parquet`` folder or one Parquet file) into memory.
+
+    ``rows=(lo, hi)`` reads only that row range (a rank's share, ``ctr.data.loader.rank_rows``):
+    polars skips the row groups outside it, so memory holds the range, not the split.
+    """
+    if rows is None:
+        return EncodedColumns.from_frame(pl.read_parquet(_encoded_source(path)), schema)
+    lo, hi = rows
+    frame = pl.scan_parquet(_encoded_source(path)).slice(lo, hi - lo).collect()
+    return EncodedColumns.from_frame(frame, schema)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ctr.data.loader import BatchIterator
-from ctr.data.prepare import read_encoded
+from ctr.data.loader import BatchIterator, rank_rows
+from ctr.data.prepare import count_encoded, read_encoded
 from ctr.distributed.env import destroy_process_group, init_process_group
 from ctr.distributed.sharding import ShardingConfig, gather_rows, mean_across_ranks, plan_text, shard_model
 from ctr.features.artifact import FeatureArtifact
@@ -80,6 +80,8 @@ class WorkerResult:
     world_size: int = 1
     seconds: float = 0.0
     resumed_from: str | None = None
+    rows_read: dict = field(default_factory=dict)
+    """Split → rows rank 0 read and held (its share, ``ctr.data.loader.rank_rows``), not the split's size."""
 
 
 def seed_everything(seed: int) -> None:
@@ -128,13 +130,13 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
         checkpoint.load(dmp, job.init_from)
     optimizer = build_optimizer(dmp, cfg.optimizer, dmp.fused_optimizer if fused else None)
     objective = Objective(collect_regularizers(model))
-    data = {name: read_encoded(path, artifact.schema) for name, path in job.splits.items()}
-    train_it = BatchIterator(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed,
-                             rank=rank, world_size=world_size, device=device)
+    data = _read_shares(job.splits, artifact.schema, rank, world_size)
+    train_it = BatchIterator(data["train"][0], cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank,
+                             world_size=world_size, device=device, total_rows=data["train"][1])
 
     def batches(split: str) -> BatchIterator:
-        return BatchIterator(data[split], cfg.eval_batch_size, shuffle=False, seed=cfg.seed,
-                             rank=rank, world_size=world_size, device=device)
+        return BatchIterator(data[split][0], cfg.eval_batch_size, shuffle=False, seed=cfg.seed, rank=rank,
+                             world_size=world_size, device=device, total_rows=data[split][1])
 
     best = checkpoint.BestCheckpointer(Path(job.out_dir) / "best") if job.restore_best else None
     resume = _resume(dmp, optimizer, job.resume_from, best) if job.resume_from else None
@@ -156,7 +158,19 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     valid = (result.best if job.restore_best else None) or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
-    return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from)
+    return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from,
+                        {name: len(cols) for name, (cols, _) in data.items()})
+
+
+def _read_shares(splits: dict[str, str], schema, rank: int, world_size: int) -> dict:
+    """Split → (this rank's rows only, the split's row count): no rank reads or holds another's rows."""
+    out = {}
+    for name, path in splits.items():
+        total = count_encoded(path)
+        lo, hi = rank_rows(total, rank, world_size)
+        out[name] = (read_encoded(path, schema, rows=(lo, hi)), total)
+        log.debug("rank %d reads %s rows [%d, %d) of %d", rank, name, lo, hi, total)
+    return out
 
 
 def _resume(dmp, optimizer, path: str, best: checkpoint.BestCheckpointer | None) -> FitResult:

@@ -31,12 +31,16 @@ class Batch:
         sparse (KeyedJaggedTensor): ids of the sparse fields, keys in schema order.
         labels (torch.Tensor): [B] float32 0/1 labels (zeros when unknown, e.g. serving).
         groups (torch.Tensor | None): [B] int64 group codes for GAUC.
+        loss_rows (float | None): what the summed training loss of this batch is divided by
+            (``None``: its own size). A rank's share of a global batch uses ``|global batch| / world_size``
+            so that the mean over ranks is the global batch's mean loss (``ctr.data.loader``).
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
     labels: torch.Tensor
     groups: torch.Tensor | None = None
+    loss_rows: float | None = None
 
     @property
     def size(self) -> int:
@@ -47,7 +51,7 @@ class Batch:
         if self.labels.device == device:
             return self
         groups = None if self.groups is None else self.groups.to(device)
-        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device), groups)
+        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device), groups, self.loss_rows)
 
 
 class EncodedColumns:

@@ -19,8 +19,13 @@ class Objective:
     def __init__(self, regularizers: list[Regularizer] | None = None) -> None:
         self.regularizers = list(regularizers or [])
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, rows: float | None = None) -> torch.Tensor:
+        """``rows``: divide the summed BCE by this instead of the batch size (a rank's share of a global
+        batch, see ``Batch.loss_rows``); an empty share then contributes zero, not NaN."""
+        if rows is None:
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / rows
         for reg in self.regularizers:
             extra = reg()
             if extra is not None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from ctr.data.loader import BatchIterator
+from ctr.data.loader import BatchIterator, rank_rows
 from ctr.data.prepare import load_split
 from ctr.distributed.worker import run_worker
 from ctr.export.bundle import model_from_checkpoint
@@ -54,6 +54,10 @@ def test_two_ray_workers_match_one_process(clean_runs):
     assert one.valid["auc"] > 0.55  # it learns
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
     assert two.world_size == 2 and "rank:1" in two.plan and "rank:0" in two.plan  # tables on both workers
+    # each worker read and held only its own share of every split
+    for split in ("train", "valid"):
+        assert one.rows_read[split] == prepared.rows[split]
+        assert two.rows_read[split] == rank_rows(prepared.rows[split], 0, 2)[1] < 0.55 * prepared.rows[split]
     # evaluation gathers every worker's predictions: the unsharded model agrees with the gathered metric
     valid = evaluate(model_from_checkpoint(spec.model, spec.embedding, prepared.artifact, two.checkpoint_dir),
                      BatchIterator(load_split(prepared, "valid"), 1024, shuffle=False, seed=0))
