@@ -6,6 +6,8 @@ module is built as ``Module(layout, dim, config, device)``.
 
 from ctr.config import StrictConfig
 from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
+from ctr.embeddings.mixed_dim import MixedDimConfig, MixedDimEmbedding
+from ctr.embeddings.optembed import OptEmbedConfig, OptEmbedEmbedding
 from ctr.embeddings.optfs import OptFSConfig, OptFSEmbedding
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.embeddings.unified import UnifiedEmbedding, UnifiedEmbeddingConfig
@@ -16,6 +18,8 @@ METHODS = {
     "hashed": (HashedEmbeddingConfig, HashedEmbedding),
     "unified": (UnifiedEmbeddingConfig, UnifiedEmbedding),
     "optfs": (OptFSConfig, OptFSEmbedding),  # a search method: phases in ctr.search.SEARCHES
+    "optembed": (OptEmbedConfig, OptEmbedEmbedding),  # a search method: phases in ctr.search.SEARCHES
+    "mixed_dim": (MixedDimConfig, MixedDimEmbedding),  # per-table widths + projections (dimension searches' output)
 }
 
 
@@ -35,5 +39,6 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
     return METHODS[name][0].parse({**raw, "name": name}, path)
 
 
-__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding",
+__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "MixedDimConfig", "MixedDimEmbedding",
+           "OptEmbedConfig", "OptEmbedEmbedding", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding",
            "PlainEmbeddingConfig", "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]

@@ -25,7 +25,17 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.layout import FieldLayout
 
-__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields"]
+__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields", "require_single_id_fields"]
+
+
+def require_single_id_fields(layout: FieldLayout, method: str) -> None:
+    """Raise a ``ConfigError`` when a sparse field is a sequence (row-level search methods need one id per field)."""
+    from ctr.errors import ConfigError
+
+    seq = [f.name for f in layout.schema.sparse_fields if f.kind != "categorical"]
+    if seq:
+        raise ConfigError(f"{method} supports single-id categorical fields only; fields {seq} are sequences; "
+                          "fix: drop them or use embedding: plain", "embedding.name")
 
 
 class SequenceFields(NamedTuple):

@@ -42,7 +42,7 @@ from pydantic import Field
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.embeddings.base import FieldLayout
+from ctr.embeddings.base import FieldLayout, require_single_id_fields
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 
 
@@ -102,10 +102,7 @@ class OptFSEmbedding(PlainEmbedding):
     def __init__(self, layout: FieldLayout, dim: int, config: OptFSConfig,
                  device: torch.device | None = None, prefix: str = "") -> None:
         schema = layout.schema
-        bad = [f.name for f in schema.sparse_fields if f.kind != "categorical"]
-        if bad:
-            raise ValueError(f"OptFS gates single-id categorical fields only; fields {bad} are sequences "
-                             "(drop them or use embedding: plain)")
+        require_single_id_fields(layout, "OptFS")
         super().__init__(layout, dim, config, device, prefix)
         self.config = config
         self.field_tables = {f.name: f.table_name for f in schema.sparse_fields}

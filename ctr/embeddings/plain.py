@@ -98,7 +98,8 @@ class PlainEmbedding(FieldEmbedding):
         bags = bag_layout(layout)
         self.bag_names = [f.name for f in bags.schema.sparse_fields] if bags is not None else []
         self.ebc = EmbeddingBagCollection(
-            tables=table_configs(bags, dim, prefix=prefix, init_std=config.init_std), device=device) \
+            tables=table_configs(bags, dim, prefix=prefix, init_std=config.init_std,
+                                 widths=self.table_widths(layout, dim, config)), device=device) \
             if bags is not None else None
         self.ec = EmbeddingCollection(
             tables=sequence_table_configs(layout, dim, prefix=prefix, init_std=config.init_std), device=device) \
@@ -108,6 +109,14 @@ class PlainEmbedding(FieldEmbedding):
         self.l2 = config.l2
         self.mba = MiniBatchAwareL2(layout, config.mba_l2) if config.mba_l2 > 0 else None
         self._penalty: torch.Tensor | None = None
+
+    def table_widths(self, layout: FieldLayout, dim: int, config) -> dict[str, int] | None:
+        """Per-table widths of the pooled tables (``None``: all ``dim``); methods with mixed widths override it."""
+        return None
+
+    def to_model_width(self, field: str, pooled: torch.Tensor) -> torch.Tensor:
+        """A pooled field vector ``[B, w]`` → ``[B, D]``; the identity here (every table is ``D`` wide)."""
+        return pooled
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         return self._lookup(dense, sparse)[0]
@@ -125,7 +134,7 @@ class PlainEmbedding(FieldEmbedding):
         if self.ebc is not None:
             pooled = self.ebc(sparse).to_dict()
             for name in self.bag_names:
-                vecs[name] = pooled[name]
+                vecs[name] = self.to_model_width(name, pooled[name])
         history, mask = [], torch.zeros(0)
         if self.ec is not None:
             jts = self.ec(sparse)

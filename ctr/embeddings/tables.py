@@ -30,21 +30,25 @@ EmbeddingDim = Annotated[int, AfterValidator(_valid_dim)]
 
 
 def table_configs(layout: FieldLayout, dim: int, prefix: str = "",
-                  init_std: float | None = None) -> list[EmbeddingBagConfig]:
+                  init_std: float | None = None, widths: dict[str, int] | None = None) -> list[EmbeddingBagConfig]:
     """One ``EmbeddingBagConfig`` per table of the schema (features naming a table share it).
 
     A table's pooling is MEAN if any of its features is a mean-pooled sequence, else SUM (a
     single id pooled with SUM is the id's row). ``init_std`` draws rows uniformly in
-    ±sqrt(3)·std (same variance); ``None`` keeps TorchRec's default ±sqrt(1/rows).
+    ±sqrt(3)·std (same variance); ``None`` keeps TorchRec's default ±sqrt(1/rows). ``widths``
+    gives tables their own width (each a multiple of 4; tables not named in it are ``dim`` wide).
     """
     check_dim(dim, "embedding_dim")
+    widths = widths or {}
     out = []
     for table, specs in layout.schema.tables.items():
+        width = widths.get(table, dim)
+        check_dim(width, f"width of table {table!r}")
         mean = any(s.kind == "sequence" and s.pooling == "mean" for s in specs)
         bound = None if init_std is None else init_std * 3 ** 0.5
         out.append(EmbeddingBagConfig(
             name=f"{prefix}{table}",
-            embedding_dim=dim,
+            embedding_dim=width,
             num_embeddings=layout.table_sizes[table],
             feature_names=[s.name for s in specs],
             pooling=PoolingType.MEAN if mean else PoolingType.SUM,

@@ -20,21 +20,27 @@ The building blocks (all free of MLflow, Ray and DMP):
 * Training hooks: a field embedding may define ``start_epoch(epoch)`` (called by the training loop
   before each epoch: temperatures, schedules); ``regularizer()`` adds loss terms.
 
-Extending for OptEmbed / DNIS: per-field widths and per-block widths need an embedding method for the
-compact model with one table per field (or block) of its own width and a per-field projection to the
-model width (FM / AutoInt interactions need equal widths); the last phase then returns that method's
-config in ``CompactResult.embedding`` and the rest of the pipeline is unchanged. An evolutionary search
-is a phase whose fitness is an evaluate callback built on ``ctx.train`` outputs. Retraining from saved
-initial weights is ``TrainRequest(snapshot_epochs=(0,))`` in the supernet phase and ``init_from`` later.
+* :mod:`ctr.search.common` — the steps phases share: compact data, the compact model's retrain, in-memory
+  validation batches, keep reports and bar charts.
+* :mod:`ctr.search.evolution` — an evolutionary search over one discrete choice per gene, driven by an
+  ``evaluate(candidate) -> fitness`` callback (OptEmbed's per-field dims).
+
+Mixed widths (OptEmbed; DNIS next): the compact model uses ``embedding: mixed_dim`` (one table per field
+or block with its own width, a multiple of 4) and :class:`~ctr.embeddings.projection.WidthProjection`
+(a learned per-table map to the model width, zero-padding identity at init) so FM / DeepFM / AutoInt see
+equal widths; ``compact_state(dims=..., own_prefixes=...)`` gathers prefix columns into the narrower
+tables. Retraining from saved initial weights is ``TrainRequest(snapshot_epochs=(0,))`` in the supernet
+phase and ``init_from`` later.
 """
 
 from collections.abc import Callable
 
-from ctr.search import optfs
+from ctr.search import optembed, optfs
 from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
 
 SEARCHES: dict[str, Callable[[object], list[Phase]]] = {
     "optfs": optfs.phases,
+    "optembed": optembed.phases,
 }
 
 

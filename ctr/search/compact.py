@@ -103,13 +103,17 @@ def table_of(key: str) -> str | None:
 
 
 def compact_state(source: dict, target: dict, keep: dict[str, np.ndarray],
-                  row_scale: dict[str, "np.ndarray"] | None = None, scaled_prefix: str = "embedding.") -> dict:
+                  row_scale: dict[str, "np.ndarray"] | None = None, scaled_prefix: str = "embedding.",
+                  dims: dict[str, int] | None = None, own_prefixes: tuple[str, ...] = ()) -> dict:
     """Fill ``target`` (a compact model's state dict) from ``source`` (the full model's).
 
     Table weights of a table ``t`` in ``keep`` (also its first-order ``lin_t``) take rows
     ``source[keep[t]]``; rows of keys under ``scaled_prefix`` (the model's field embedding) are multiplied
-    by ``row_scale[t]`` (one factor per kept row, e.g. OptFS's hard gate). Every other key of
-    ``target`` is copied from ``source`` and must have the same shape.
+    by ``row_scale[t]`` (one factor per kept row, e.g. OptFS's hard gate) and, for a table in ``dims``, keep
+    their first ``dims[t]`` columns, zero-padded to the compact table's width (OptEmbed's prefix mask in a
+    table rounded up to a multiple of 4). Keys starting with one of ``own_prefixes`` keep ``target``'s own
+    values (e.g. projections that exist only in the compact model). Every other key of ``target`` is
+    copied from ``source`` and must have the same shape.
 
     Returns:
         dict: ``target`` filled (new tensors).
@@ -118,23 +122,39 @@ def compact_state(source: dict, target: dict, keep: dict[str, np.ndarray],
 
     from ctr.models.layers.linear import FIRST_ORDER_PREFIX
 
-    row_scale = row_scale or {}
+    row_scale, dims = row_scale or {}, dims or {}
     out = {}
     for key, dst in target.items():
+        if own_prefixes and key.startswith(own_prefixes):
+            out[key] = dst.detach().clone()
+            continue
         if key not in source:
             raise KeyError(f"compact model key {key!r} is not in the full model's state")
         src = source[key]
         name = table_of(key)
         table = None if name is None else (name[len(FIRST_ORDER_PREFIX):] if name.startswith(FIRST_ORDER_PREFIX)
                                            and name[len(FIRST_ORDER_PREFIX):] in keep else name)
+        value = src.detach()
         if table in keep:
-            rows = torch.as_tensor(keep[table], dtype=torch.long)
-            value = src.detach()[rows].clone()
-            if key.startswith(scaled_prefix) and table in row_scale and name == table:
+            value = value[torch.as_tensor(keep[table], dtype=torch.long)]
+        value = value.clone()
+        if table is not None and key.startswith(scaled_prefix) and name == table:
+            if table in row_scale:
                 value = value * torch.as_tensor(row_scale[table], dtype=value.dtype).unsqueeze(-1)
-        else:
-            value = src.detach().clone()
+            if table in dims:
+                value = prefix_columns(value, dims[table], dst.shape[-1])
         if tuple(value.shape) != tuple(dst.shape):
             raise ValueError(f"{key}: compact shape {tuple(dst.shape)} != gathered {tuple(value.shape)}")
         out[key] = value
+    return out
+
+
+def prefix_columns(rows, keep: int, width: int):
+    """``rows[:, :keep]`` zero-padded to ``width`` columns (``keep ≤ width``)."""
+    import torch
+
+    if keep > width:
+        raise ValueError(f"cannot keep {keep} columns in a table {width} wide")
+    out = torch.zeros(rows.shape[0], width, dtype=rows.dtype)
+    out[:, :keep] = rows[:, :keep]
     return out

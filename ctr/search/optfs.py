@@ -3,16 +3,15 @@ model) → ``retrain`` (the compact model from the rewound weights). See :mod:`c
 
 import json
 import logging
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from ctr.embeddings.plain import PlainEmbeddingConfig
 from ctr.errors import ConfigError
 from ctr.features.artifact import FeatureArtifact
-from ctr.search.compact import compact_artifact, compact_state, normalise_keep, remap_of, remap_split
-from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
+from ctr.search.common import keep_report, kept_rows_png, retrain_compact, train_valid, write_compact_data
+from ctr.search.compact import compact_state, normalise_keep
+from ctr.search.phases import Phase, PhaseContext, TrainRequest
 from ctr.train import checkpoint
 
 log = logging.getLogger("ctr.search")
@@ -37,7 +36,7 @@ def search(ctx: PhaseContext) -> dict:
     cfg = ctx.embedding_cfg.model_copy(update={"mode": "search"})
     train_cfg = ctx.train_cfg.model_copy(update={"epochs": cfg.search_epochs, "patience": cfg.search_epochs})
     out = ctx.dir / "checkpoints"
-    result = ctx.train(TrainRequest(cfg, train_cfg, str(ctx.artifact_dir), _train_valid(ctx.splits), str(out),
+    result = ctx.train(TrainRequest(cfg, train_cfg, str(ctx.artifact_dir), train_valid(ctx.splits), str(out),
                                     snapshot_epochs=(cfg.rewind,), restore_best=False))
     return {"final": str(result.checkpoint_dir), "rewind": str(out / f"epoch-start-{cfg.rewind}"),
             "valid": result.valid, "history": result.fit.history}
@@ -63,15 +62,12 @@ def materialise(ctx: PhaseContext) -> dict:
     scale = {t: rewound.embedding.gate(t, torch.as_tensor(k)).numpy() for t, k in keep.items()}
 
     root = ctx.dir / "compact"
-    small = compact_artifact(artifact, keep)
-    small.save(root / "features")
-    remaps = {t: remap_of(k, layout.table_sizes[t]) for t, k in keep.items()}
-    splits = {name: str(remap_split(path, root / name, artifact.schema, remaps)) for name, path in ctx.splits.items()}
+    small, splits = write_compact_data(ctx, artifact, keep, root)
     compact = build_model(ctx.model_cfg, small.layout(), compact_embedding_config(cfg))
     compact.load_state_dict(compact_state(rewound.state_dict(), compact.state_dict(), keep, scale))
     checkpoint.save(compact, root / "init")
 
-    report = keep_report(keep, layout.table_sizes, {t: g.detach() for t, g in final.embedding.gates.items()})
+    report = keep_report(keep, layout.table_sizes, {t: int((g.detach() > 0).sum()) for t, g in final.embedding.gates.items()})
     (ctx.dir / "keep_lists.json").write_text(json.dumps(
         {t: {"kept_ids": k.tolist(), **report["tables"][t]} for t, k in keep.items()}))
     (ctx.dir / "keep_summary.json").write_text(json.dumps(report, indent=2))
@@ -88,50 +84,5 @@ def materialise(ctx: PhaseContext) -> dict:
 def retrain(ctx: PhaseContext) -> dict:
     """Train the compact model from the rewound, hard-gated weights (fresh optimiser state)."""
     made = ctx.previous["materialise"]
-    emb = compact_embedding_config(ctx.embedding_cfg)
-    result = ctx.train(TrainRequest(emb, ctx.train_cfg, made["artifact_dir"], _train_valid(made["splits"]),
-                                    str(ctx.dir / "checkpoints"), init_from=made["init"]))
-    return CompactResult(embedding=emb.model_dump(), artifact_dir=made["artifact_dir"], splits=made["splits"],
-                         checkpoint_dir=str(result.checkpoint_dir), valid=result.valid, history=result.fit.history,
-                         extra={"kept_ratio": made["report"]["kept_ratio"],
-                                "kept_rows": made["report"]["kept_rows"]}).to_json()
-
-
-def keep_report(keep: dict[str, np.ndarray], sizes: dict[str, int], gates: dict[str, torch.Tensor]) -> dict:
-    """Per-table kept rows (OOV row counted when its gate is on) and the overall ratio count(m > 0) / rows."""
-    tables = {}
-    for t, k in keep.items():
-        on = int((gates[t] > 0).sum())
-        tables[t] = {"rows": int(sizes[t]), "kept": on, "ratio": on / max(int(sizes[t]), 1),
-                     "compact_rows": len(k)}
-    rows = sum(r["rows"] for r in tables.values())
-    kept = sum(r["kept"] for r in tables.values())
-    return {"rows": rows, "kept_rows": kept, "kept_ratio": kept / max(rows, 1), "tables": tables}
-
-
-def kept_rows_png(report: dict, path: Path) -> Path:
-    """Bar chart: rows and kept rows per table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(report["tables"])
-    rows = [report["tables"][t]["rows"] for t in names]
-    kept = [report["tables"][t]["kept"] for t in names]
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(names) + 2), 3.5))
-    x = np.arange(len(names))
-    ax.bar(x, rows, color="#cccccc", label="rows")
-    ax.bar(x, kept, color="#1f77b4", label="kept (m > 0)")
-    ax.set_xticks(x, names, rotation=90, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_title(f"OptFS: {report['kept_rows']} of {report['rows']} feature values kept")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _train_valid(splits: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in splits.items() if k in ("train", "valid")}
+    return retrain_compact(ctx, compact_embedding_config(ctx.embedding_cfg), made,
+                           {"kept_ratio": made["report"]["kept_ratio"], "kept_rows": made["report"]["kept_rows"]})

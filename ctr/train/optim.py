@@ -20,6 +20,7 @@ from ctr.embeddings.tables import table_parameters
 
 SparseOpt = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 FUSED_ON_CPU = ("rowwise_adagrad", "adagrad", "sgd")
+OWN_OPTIMIZER = "ctr_optimizer"  # parameter attribute: (dense optimizer kind, lr) of a parameter's own optimizer
 
 
 class OptimConfig(StrictConfig):
@@ -68,14 +69,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: KeyedOptimizer | 
     """Combine the fused table optimizer (if any) with a dense optimizer over every other parameter.
 
     Parameters whose name contains ``embedding_bags`` but that are not fused (Adam-on-CPU case) get
-    ``sparse_lr`` with ``torch.optim.Adam``; the rest get ``cfg.dense`` at ``cfg.lr``.
+    ``sparse_lr`` with ``torch.optim.Adam``; a parameter tagged ``param.ctr_optimizer = (kind, lr)`` by its
+    module gets its own ``kind`` optimizer (``adam``/``adagrad``/``sgd``, no weight decay) at ``lr`` (OptEmbed's
+    thresholds: plain SGD); the rest get ``cfg.dense`` at ``cfg.lr``.
     """
     params = dict(in_backward_optimizer_filter(model.named_parameters()))
     tables = {k: v for k, v in params.items() if "embedding_bags" in k or ".ec.embeddings." in k}
-    dense = {k: v for k, v in params.items() if k not in tables}
+    own = {k: v for k, v in params.items() if k not in tables and hasattr(v, OWN_OPTIMIZER)}
+    dense = {k: v for k, v in params.items() if k not in tables and k not in own}
     parts: list[KeyedOptimizer] = [] if fused is None else [fused]
     if dense:
         parts.append(KeyedOptimizerWrapper(dense, lambda p: _dense_optimizer(cfg, p, cfg.lr)))
+    for key, param in own.items():
+        kind, lr = getattr(param, OWN_OPTIMIZER)
+        opt = OptimConfig(dense=kind, lr=lr)
+        parts.append(KeyedOptimizerWrapper({key: param}, lambda p, o=opt: _dense_optimizer(o, p, o.lr)))
     if tables:
         parts.append(KeyedOptimizerWrapper(tables, lambda p: torch.optim.Adam(p, lr=cfg.sparse_lr)))
     return CombinedOptimizer(parts)
