@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / ".bench-peers"
 PEER_REQS = ROOT / "benchmarks/peers/requirements.txt"
 RESULTS = ROOT / "benchmarks/results"
-DATA = {"frappe": "pipelines/examples/frappe.yaml", "criteo": "pipelines/examples/criteo_sample.yaml"}
+DATA = {"frappe": "pipelines/examples/frappe.yaml", "criteo": "pipelines/examples/criteo_sample.yaml",
+        "synthetic_1m": "pipelines/examples/synthetic_1m.yaml"}  # ≥ 10^6 embedding rows, 1 epoch
 DIFFERENCES = {
     "deepctr": "Adam on every parameter incl. tables; whole-table L2 1e-5 on embeddings (its default) instead of "
                "ctr's in-batch L2; AutoInt attention width = embedding dim (no separate attention_dim)",
