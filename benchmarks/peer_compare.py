@@ -34,11 +34,21 @@ RESULTS = ROOT / "benchmarks/results"
 DATA = {"frappe": "pipelines/examples/frappe.yaml", "criteo": "pipelines/examples/criteo_sample.yaml",
         "synthetic_1m": "pipelines/examples/synthetic_1m.yaml"}  # ≥ 10^6 embedding rows, 1 epoch
 DIFFERENCES = {
+    "ctr": "AutoInt+ runs the `paper` interacting block (no bias/ReLU on Q/K/V/W_Res, no LayerNorm) with "
+           "per-head width d' = D / heads, the block both peers implement (`--reference-autoint` keeps the "
+           "pipeline's own `reference` block with d' = attention_dim instead)",
     "deepctr": "Adam on every parameter incl. tables; whole-table L2 1e-5 on embeddings (its default) instead of "
-               "ctr's in-batch L2; AutoInt attention width = embedding dim (no separate attention_dim)",
-    "rechub": "Adam on every parameter incl. tables, no embedding L2; its MLP always has batch norm; AutoInt "
-              "attention width = embedding dim; dense fields as Linear(1, D)",
+               "ctr's in-batch L2",
+    "rechub": "Adam on every parameter incl. tables, no embedding L2; its MLP always has batch norm; attention "
+              "scores scaled by 1/sqrt(d'); dense fields as Linear(1, D)",
 }
+
+
+def matched_sets(spec, model: str, reference_autoint: bool) -> list[str]:
+    """``--set`` overrides that give ctr's model the peers' architecture where the pipeline's differs."""
+    if model.startswith("autoint") and not reference_autoint:
+        return [f"model.attention_dim={spec.model.embedding_dim // spec.model.num_heads}", "model.variant=paper"]
+    return []
 
 
 def ensure_peer_venv() -> Path:
@@ -88,9 +98,9 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
         return out.stdout, int(rss.read().strip().splitlines()[-1]) / 1024, start
 
 
-def run_ctr(pipeline: str, model: str, seed: int, max_epochs: int | None, tmp: Path) -> dict:
+def run_ctr(pipeline: str, model: str, seed: int, max_epochs: int | None, tmp: Path, extra: list[str]) -> dict:
     summary = tmp / f"ctr-{model}-{seed}.json"
-    sets = [f"train.seed={seed}", "train.progress=false", f"output.dir={tmp / 'runs'}"]
+    sets = [f"train.seed={seed}", "train.progress=false", f"output.dir={tmp / 'runs'}", *extra]
     sets += [f"train.epochs={max_epochs}"] if max_epochs else []
     cmd = [str(ROOT / ".venv/bin/ctr"), "run", pipeline, "--experiment", model, "--summary-json", str(summary)]
     for s in sets:
@@ -133,7 +143,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], note: str) -> str:
+def markdown(rows: list[dict], note: str, reference_autoint: bool = False) -> str:
     lines = [note, "", "| data | model | system | test AUC | test logloss | train ex/s | ctr speed × | peak RSS MB "
              "| 1st epoch end s | best epoch |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -142,8 +152,9 @@ def markdown(rows: list[dict], note: str) -> str:
                      f"{r['logloss']:.4f} ± {r['logloss_std']:.4f} | {r['train_examples_per_s']:.0f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} | {r['first_epoch_end_s']:.1f} | {r['best_epoch']:.1f} |")
     lines += ["", "How each peer differs from ctr's settings (everything else is the pipeline's):", ""]
-    lines += [f"* **{k}**: {v}" for k, v in DIFFERENCES.items()]
-    lines += ["* **ctr**: FBGEMM fused row-wise Adagrad on the tables (`sparse_lr`), Adam on dense weights"]
+    lines += [f"* **{k}**: {v}" for k, v in DIFFERENCES.items() if k != "ctr" or not reference_autoint]
+    lines += ["* **ctr**: FBGEMM fused row-wise Adagrad on the tables (`sparse_lr`), Adam on dense weights"
+              + ("; AutoInt+ with the pipeline's reference block" if reference_autoint else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-epochs", type=int, default=None, help="cap every system's epochs (quick runs)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--mlflow-experiment", default=None)
+    ap.add_argument("--reference-autoint", action="store_true",
+                    help="ctr's AutoInt+ keeps the pipeline's reference block instead of the peers' architecture")
     args = ap.parse_args(argv)
     from pipelines.spec import load_spec
 
@@ -170,10 +183,12 @@ def main(argv: list[str] | None = None) -> None:
                 spec = load_spec(str(ROOT / DATA[data]), experiment=model)
                 dataset = dataset_file(spec, tmp)
                 hp = hparams(spec, model, args.max_epochs)
+                extra = matched_sets(spec, model, args.reference_autoint)
+                hp["ctr_sets"] = extra
                 for seed in args.seeds:
                     for system in args.systems:
                         t0 = time.perf_counter()
-                        r = (run_ctr(DATA[data], model, seed, args.max_epochs, tmp) if system == "ctr"
+                        r = (run_ctr(DATA[data], model, seed, args.max_epochs, tmp, extra) if system == "ctr"
                              else run_peer(py, system, dataset, model, seed, hp))
                         r.update(data=data, hparams=hp, wall_s=time.perf_counter() - t0)
                         runs.append(r)
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"ctr vs peers, {os.cpu_count()} CPU cores, seeds {args.seeds}"
             + (f", epochs capped at {args.max_epochs}" if args.max_epochs else "")
             + f"; load average at the end {os.getloadavg()[0]:.1f}")
-    text = markdown(rows, note)
+    text = markdown(rows, note, args.reference_autoint)
     (out / "peers.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))
     (out / "peers.md").write_text(text)
     print(text)
