@@ -27,10 +27,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.ray_scale
 	$(BIN)/python -m benchmarks.serving_latency
+	$(BIN)/python -m benchmarks.step_profile
 
 # ctr vs deepctr-torch and torch-rechub on the same encoded data (creates .bench-peers on first use; long)
 bench-peers: $(STAMP)
-	$(BIN)/python -m benchmarks.peer_compare
+	$(BIN)/python -m benchmarks.peer_compare --mlflow-experiment ctr-bench-peers
 
 bench-serving: $(STAMP)
 	$(BIN)/python -m benchmarks.serving_latency

@@ -2,7 +2,7 @@
 
 Two parts, one process, measured back to back:
 
-* **limits** — sgemm GFLOP/s at the model's own ``nn.Linear`` shapes (rows = batch × tokens), copy
+* **limits** — sgemm GFLOP/s at the model's own matmul shapes (rows = batch × tokens), copy
   bandwidth (a 256 MB ``Tensor.copy_``, bytes read + written per second) and the random row-gather
   rate (``index_select`` of ``batch × fields`` random rows from a table with the model's row count);
 * **step** — the real training step (DMP world size 1, FBGEMM fused tables, the pipeline's optimizers)
@@ -15,7 +15,7 @@ by dense forward + backward seconds) as a fraction of the best sgemm rate at our
 lookup's bytes/s (rows × width × 4 bytes looked up) as a fraction of the gather rate.
 
     python -m benchmarks.step_profile [--pipeline pipelines/examples/frappe.yaml] [--experiment autoint_plus]
-                                      [--steps 40] [--warmup 5]
+                                      [--steps 40] [--warmup 5] [--set KEY.PATH=VALUE ...]
 
 Writes ``bench-results/step_profile.{json,md}``.
 """
@@ -80,19 +80,23 @@ class LookupTimer:
             self.seconds += time.perf_counter() - self.start
 
 
-def linear_shapes(model: torch.nn.Module, batch) -> list[tuple[int, int, int]]:
-    """(rows, in, out) of every ``nn.Linear`` call in one forward."""
-    shapes, handles = [], []
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            handles.append(module.register_forward_hook(
-                lambda mod, args, _out: shapes.append((args[0].numel() // mod.in_features, mod.in_features,
-                                                       mod.out_features))))
-    with torch.no_grad():
+def matmul_shapes(model: torch.nn.Module, batch) -> list[tuple[int, int, int]]:
+    """(rows, inner, cols) of every 2-D matmul (``mm``/``addmm``) in one forward, batched ones flattened."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = set()
+    ops = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2)}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:
+                a, b = (args[i] for i in ops[func])
+                shapes.add((a.shape[0], a.shape[1], b.shape[1]))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record():
         model(batch.dense, batch.sparse)
-    for h in handles:
-        h.remove()
-    return sorted(set(shapes))
+    return sorted(shapes)
 
 
 def profile_step(spec, steps: int, warmup: int) -> dict:
@@ -150,14 +154,14 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
             for k, v in zip(phases, (t1 - t0, timer.seconds, t2 - t1 - timer.seconds, t3 - t2, t4 - t3), strict=True):
                 phases[k].append(v)
     # one more step under the FLOP counter (dense matmuls/attention; FBGEMM lookups are not counted)
-    batch = next(it, None) or next(iter(batches))
+    batch = next(iter(batches))  # a full batch
     with FlopCounterMode(display=False) as counter:
         loss = objective(dmp(batch.dense, batch.sparse), batch.labels, batch.loss_rows)
         optimizer.zero_grad()
         loss.backward()
     optimizer.zero_grad()
     flops = counter.get_total_flops()
-    shapes = linear_shapes(dmp, batch)
+    shapes = matmul_shapes(dmp, batch)
     sparse_fields = len(artifact.schema.sparse_fields)
     width = spec.model.embedding_dim
     table_rows = sum(artifact.table_sizes().values())
@@ -166,7 +170,7 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
     destroy_process_group()
     mean = {k: statistics.mean(v) for k, v in phases.items()}
     return {"phases_s": mean, "step_s": sum(mean.values()), "examples_per_s": rows / sum(sum(v) for v in phases.values()),
-            "batch_size": cfg.batch_size, "flops_per_step": flops, "linear_shapes": shapes,
+            "batch_size": cfg.batch_size, "flops_per_step": flops, "matmul_shapes": shapes,
             "sparse_fields": sparse_fields, "embedding_dim": width, "table_rows": table_rows}
 
 
@@ -176,12 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--experiment", default="autoint_plus")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="pipeline override")
     args = ap.parse_args(argv)
     from pipelines.spec import load_spec
 
-    spec = load_spec(args.pipeline, ["train.progress=false"], experiment=args.experiment)
+    spec = load_spec(args.pipeline, ["train.progress=false", *args.set], experiment=args.experiment)
     step = profile_step(spec, args.steps, args.warmup)
-    gemm = {f"{m}x{k}x{n}": sgemm_gflops(m, k, n) for m, k, n in step["linear_shapes"]}
+    gemm = {f"{m}x{k}x{n}": sgemm_gflops(m, k, n) for m, k, n in step["matmul_shapes"]}
     lookups = step["batch_size"] * step["sparse_fields"]
     gather_rows_s, gather_gbs = gather_rate(max(step["table_rows"], lookups), step["embedding_dim"], lookups)
     limits = {"sgemm_gflops": gemm, "sgemm_best_gflops": max(gemm.values()), "copy_gbs": copy_gbs(),
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {k} | {v * 1e3:.2f} | {v / step['step_s']:.0%} |" for k, v in ph.items()]
     lines += [f"| **step** | {step['step_s'] * 1e3:.2f} | {step['examples_per_s']:.0f} examples/s |", "",
               "| limit | measured | our step | fraction |", "|---|---:|---:|---:|",
-              f"| sgemm GFLOP/s (best of our {len(gemm)} Linear shapes) | {limits['sgemm_best_gflops']:.1f} | "
+              f"| sgemm GFLOP/s (best of our {len(gemm)} matmul shapes) | {limits['sgemm_best_gflops']:.1f} | "
               f"{achieved:.2f} (dense fwd + backward, {step['flops_per_step'] / 1e9:.3f} GFLOP/step) | "
               f"{derived['dense_fraction_of_sgemm']:.1%} |",
               f"| random row gather GB/s ({lookups} rows of {step['embedding_dim']} floats) | {gather_gbs:.2f} | "
