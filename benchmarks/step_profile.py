@@ -23,6 +23,7 @@ Writes ``bench-results/step_profile.{json,md}``.
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,26 +106,15 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
     from ctr.data.loader import BatchIterator
     from ctr.data.prepare import read_encoded
     from ctr.distributed.env import destroy_process_group, init_process_group
-    from ctr.distributed.sharding import shard_model
-    from ctr.distributed.worker import seed_everything
-    from ctr.features.artifact import FeatureArtifact
-    from ctr.models import build_model
-    from ctr.train.objective import Objective, collect_regularizers
-    from ctr.train.optim import attach_fused_optimizer, build_optimizer, tables_fused
+    from ctr.distributed.worker import build_training
     from pipelines.stages import prepare as prepare_stage
+    from pipelines.stages.train import make_job
 
     prepared = prepare_stage.run(spec)
-    cfg, device = spec.train, torch.device("cpu")
+    cfg = spec.train
     init_process_group(0, 1, None)
-    seed_everything(cfg.seed)
-    artifact = FeatureArtifact.load(prepared.artifact_dir)
-    model = build_model(spec.model, artifact.layout(), spec.embedding, device=torch.device("meta"))
-    fused = tables_fused(cfg.optimizer, device)
-    if fused:
-        attach_fused_optimizer(model, cfg.optimizer)
-    dmp = shard_model(model, spec.distributed.sharding, fused, device, cfg.seed)
-    optimizer = build_optimizer(dmp, cfg.optimizer, dmp.fused_optimizer if fused else None)
-    objective = Objective(collect_regularizers(model))
+    with tempfile.TemporaryDirectory(prefix="ctr-step-profile-") as run_dir:
+        artifact, model, dmp, optimizer, objective = build_training(make_job(spec, prepared, Path(run_dir)))
     train = read_encoded(prepared.split_paths["train"], artifact.schema)
     batches = BatchIterator(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches.set_epoch(0)

@@ -113,8 +113,12 @@ def run_worker(job: WorkerJob, rank: int = 0, world_size: int = 1, init_method: 
             destroy_process_group()
 
 
-def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: CheckpointSink | None) -> WorkerResult:
-    start = time.perf_counter()
+def build_training(job: WorkerJob) -> tuple[FeatureArtifact, torch.nn.Module, torch.nn.Module, object, Objective]:
+    """What every rank trains with: (artifact, plain model, its DMP-sharded wrapper, optimizer, objective).
+
+    Seeded, built on ``meta`` and sharded by the planner (fused table optimizers attached where the
+    device supports them), ``job.init_from`` loaded. Needs a process group (``init_process_group``).
+    """
     cfg, device = job.train_cfg, torch.device(job.device)
     seed_everything(cfg.seed)
     artifact = FeatureArtifact.load(job.artifact_dir)
@@ -123,13 +127,19 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     if fused:
         attach_fused_optimizer(model, cfg.optimizer)
     dmp = shard_model(model, job.sharding_cfg, fused, device, cfg.seed)
-    plan = plan_text(dmp)
-    if rank == 0:
-        log.info("sharding plan:\n%s", plan)
     if job.init_from:
         checkpoint.load(dmp, job.init_from)
     optimizer = build_optimizer(dmp, cfg.optimizer, dmp.fused_optimizer if fused else None)
-    objective = Objective(collect_regularizers(model))
+    return artifact, model, dmp, optimizer, Objective(collect_regularizers(model))
+
+
+def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: CheckpointSink | None) -> WorkerResult:
+    start = time.perf_counter()
+    cfg, device = job.train_cfg, torch.device(job.device)
+    artifact, model, dmp, optimizer, objective = build_training(job)
+    plan = plan_text(dmp)
+    if rank == 0:
+        log.info("sharding plan:\n%s", plan)
     data = _read_shares(job.splits, artifact.schema, rank, world_size)
     train_it = BatchIterator(data["train"][0], cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank,
                              world_size=world_size, device=device, total_rows=data["train"][1])
