@@ -26,7 +26,7 @@ from ctr.train import checkpoint
 from ctr.train.evaluate import evaluate
 from ctr.train.loop import FitResult, TrainConfig, fit
 from ctr.train.objective import Objective, collect_regularizers
-from ctr.train.optim import attach_fused_optimizer, build_optimizer, tables_fused
+from ctr.train.optim import attach_fused_optimizer, build_optimizer, freeze_dense, tables_fused
 
 log = logging.getLogger("ctr.distributed")
 
@@ -53,6 +53,8 @@ class WorkerJob:
             ``out_dir/epoch-start-<e>`` (OptFS's rewind point, OptEmbed's initial weights).
         restore_best (bool): reload the best validation epoch at the end (``False``: keep the last epoch,
             e.g. a search phase whose outcome is its final state).
+        freeze_dense (bool): only the embedding tables and the field embedding's own weights train
+            (``ctr.train.optim.freeze_dense``; DNIS's search).
     """
 
     model_cfg: object
@@ -67,6 +69,7 @@ class WorkerJob:
     init_from: str | None = None
     snapshot_epochs: tuple[int, ...] = ()
     restore_best: bool = True
+    freeze_dense: bool = False
 
 
 @dataclass
@@ -123,6 +126,8 @@ def build_training(job: WorkerJob) -> tuple[FeatureArtifact, torch.nn.Module, to
     seed_everything(cfg.seed)
     artifact = FeatureArtifact.load(job.artifact_dir)
     model = build_model(job.model_cfg, artifact.layout(), job.embedding_cfg, device=torch.device("meta"))
+    if job.freeze_dense:
+        freeze_dense(model)
     fused = tables_fused(cfg.optimizer, device)
     if fused:
         attach_fused_optimizer(model, cfg.optimizer)
@@ -161,15 +166,67 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
 
     on_checkpoint = None if sink is None else _checkpointer(dmp, optimizer, sink)
     report, step = callbacks if rank == 0 else (None, None)
+    bilevel = [m for m in model.modules() if getattr(m, "bilevel", False)]
+    after_step = None
+    if bilevel:
+        valid_it = BatchIterator(data["valid"][0], cfg.batch_size, shuffle=True, seed=cfg.seed + 1, rank=rank,
+                                 world_size=world_size, device=device, total_rows=data["valid"][1])
+        after_step = _validation_step(dmp, bilevel, _cycle(valid_it), world_size)
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
                  cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step,
-                 resume, on_checkpoint, on_epoch_start)
+                 resume, on_checkpoint, on_epoch_start, after_step)
     result.step_losses = mean_across_ranks(result.step_losses)
     valid = (result.best if job.restore_best else None) or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"
     checkpoint.save(dmp, final)
     return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from,
                         {name: len(cols) for name, (cols, _) in data.items()})
+
+
+def _cycle(batches: BatchIterator):
+    """Endless batches: epoch after epoch of ``batches`` (each epoch reshuffled)."""
+    epoch = 0
+    while True:
+        batches.set_epoch(epoch)
+        yield from batches
+        epoch += 1
+
+
+def _validation_step(dmp, modules: list, valid, world_size: int) -> Callable[[], None]:
+    """A bilevel search's step on a validation batch (DNIS's α): for each module, the gradient of the batch's
+    BCE (the global batch's mean, see ``Batch.loss_rows``) through that module's own search weights only,
+    averaged over ranks, then the module's update. The forward runs in eval mode (no dropout, batch-norm
+    statistics untouched) and outside DDP's gradient sync, so no table, dense weight or optimizer state moves."""
+    bce = Objective()
+
+    def step() -> None:
+        batch = next(valid)
+        dmp.eval()
+        try:
+            for module in modules:
+                def loss() -> torch.Tensor:
+                    with _no_sync(dmp):
+                        return bce(dmp(batch.dense, batch.sparse), batch.labels, batch.loss_rows)
+                grad = module.alpha_grad(loss)
+                if world_size > 1:
+                    dist.all_reduce(grad)
+                    grad = grad / world_size
+                module.apply_alpha_grad(grad)
+        finally:
+            dmp.train()
+    return step
+
+
+def _no_sync(dmp):
+    """DDP's ``no_sync`` context of the dense part where DMP wrapped it in DDP, else a null context."""
+    import contextlib
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    for m in dmp.modules():
+        if isinstance(m, DistributedDataParallel):
+            return m.no_sync()
+    return contextlib.nullcontext()
 
 
 def _read_shares(splits: dict[str, str], schema, rank: int, world_size: int) -> dict:

@@ -5,6 +5,8 @@ module is built as ``Module(layout, dim, config, device)``.
 """
 
 from ctr.config import StrictConfig
+from ctr.embeddings.block_dim import BlockDimConfig, BlockDimEmbedding
+from ctr.embeddings.dnis import DNISConfig, DNISEmbedding
 from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
 from ctr.embeddings.mixed_dim import MixedDimConfig, MixedDimEmbedding
 from ctr.embeddings.optembed import OptEmbedConfig, OptEmbedEmbedding
@@ -20,6 +22,8 @@ METHODS = {
     "optfs": (OptFSConfig, OptFSEmbedding),  # a search method: phases in ctr.search.SEARCHES
     "optembed": (OptEmbedConfig, OptEmbedEmbedding),  # a search method: phases in ctr.search.SEARCHES
     "mixed_dim": (MixedDimConfig, MixedDimEmbedding),  # per-table widths + projections (dimension searches' output)
+    "dnis": (DNISConfig, DNISEmbedding),  # a search method: phases in ctr.search.SEARCHES
+    "block_dim": (BlockDimConfig, BlockDimEmbedding),  # per-(table, frequency block) widths (DNIS's output)
 }
 
 
@@ -39,6 +43,6 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
     return METHODS[name][0].parse({**raw, "name": name}, path)
 
 
-__all__ = ["METHODS", "HashedEmbedding", "HashedEmbeddingConfig", "MixedDimConfig", "MixedDimEmbedding",
+__all__ = ["METHODS", "BlockDimConfig", "BlockDimEmbedding", "DNISConfig", "DNISEmbedding", "HashedEmbedding", "HashedEmbeddingConfig", "MixedDimConfig", "MixedDimEmbedding",
            "OptEmbedConfig", "OptEmbedEmbedding", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding",
            "PlainEmbeddingConfig", "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]

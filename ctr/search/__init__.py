@@ -25,7 +25,11 @@ The building blocks (all free of MLflow, Ray and DMP):
 * :mod:`ctr.search.evolution` — an evolutionary search over one discrete choice per gene, driven by an
   ``evaluate(candidate) -> fitness`` callback (OptEmbed's per-field dims).
 
-Mixed widths (OptEmbed; DNIS next): the compact model uses ``embedding: mixed_dim`` (one table per field
+Bilevel searches (DNIS): a field embedding with a true ``bilevel`` property gets, after every train step, a
+validation-batch step from the training worker (``alpha_grad`` / ``apply_alpha_grad``), and
+``TrainRequest(freeze_dense=True)`` keeps the dense network fixed while the tables train.
+
+Mixed widths (OptEmbed per field; DNIS per frequency block, ``embedding: block_dim``): the compact model uses ``embedding: mixed_dim`` (one table per field
 or block with its own width, a multiple of 4) and :class:`~ctr.embeddings.projection.WidthProjection`
 (a learned per-table map to the model width, zero-padding identity at init) so FM / DeepFM / AutoInt see
 equal widths; ``compact_state(dims=..., own_prefixes=...)`` gathers prefix columns into the narrower
@@ -35,12 +39,13 @@ phase and ``init_from`` later.
 
 from collections.abc import Callable
 
-from ctr.search import optembed, optfs
+from ctr.search import dnis, optembed, optfs
 from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
 
 SEARCHES: dict[str, Callable[[object], list[Phase]]] = {
     "optfs": optfs.phases,
     "optembed": optembed.phases,
+    "dnis": dnis.phases,
 }
 
 

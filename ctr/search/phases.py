@@ -32,6 +32,8 @@ class TrainRequest:
         restore_best (bool): reload the best validation epoch at the end (else keep the last).
         model_cfg: backbone config; ``None`` = the pipeline's ``model:``.
         on_report (callable | None): per-epoch record callback of the phase (the runner adds its own).
+        freeze_dense (bool): train only the embedding tables and the field embedding's own weights (DNIS's
+            search); every other weight keeps its starting value.
     """
 
     embedding_cfg: Any
@@ -44,6 +46,7 @@ class TrainRequest:
     restore_best: bool = True
     model_cfg: Any = None
     on_report: Callable[[dict], None] | None = None
+    freeze_dense: bool = False
 
 
 @dataclass

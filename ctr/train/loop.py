@@ -111,7 +111,8 @@ StepCallback = Callable[[int, float], None]
 
 def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
                  desc: str, show: bool, on_step: StepCallback | None, result: FitResult,
-                 on_checkpoint: Callable[[FitResult], None] | None) -> None:
+                 on_checkpoint: Callable[[FitResult], None] | None,
+                 after_step: Callable[[], None] | None = None) -> None:
     """Train the rest of the current epoch (``result.epoch_steps`` already done), updating ``result``."""
     model.train()
     total = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
@@ -124,6 +125,8 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         result.step_losses.append(float(loss.detach()))
         result.epoch_rows += batch.size
         result.epoch_steps = step + 1
@@ -145,7 +148,8 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
         on_report: Callable[[dict], None] | None = None, world_size: int = 1,
         on_step: StepCallback | None = None, resume: FitResult | None = None,
         on_checkpoint: Callable[[FitResult], None] | None = None,
-        on_epoch_start: Callable[[int], None] | None = None) -> FitResult:
+        on_epoch_start: Callable[[int], None] | None = None,
+        after_step: Callable[[], None] | None = None) -> FitResult:
     """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
 
     ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
@@ -157,6 +161,7 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
     the resumable state; ``resume`` (such a state, model and optimizer already restored) continues
     mid-epoch exactly where it was taken. ``on_epoch_start(epoch)`` (0-based) runs before each epoch's
     first step, also when a resumed epoch continues (search methods set their temperature there).
+    ``after_step()`` runs after every optimizer step (a bilevel search's validation step on its own weights).
     """
     result = resume if resume is not None else FitResult()
     while result.epochs_done < cfg.epochs and not result.stopped_early:
@@ -166,7 +171,7 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         _train_epoch(model, optimizer, objective, train_batches, cfg, f"epoch {epoch + 1}/{cfg.epochs}",
-                     cfg.progress, on_step, result, on_checkpoint)
+                     cfg.progress, on_step, result, on_checkpoint, after_step)
         _end_epoch(model, result, validate(), result.step_losses[epoch_start:], cfg, checkpointer,
                    on_report, world_size)
         if on_checkpoint is not None:

@@ -21,6 +21,19 @@ from ctr.embeddings.tables import table_parameters
 SparseOpt = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 FUSED_ON_CPU = ("rowwise_adagrad", "adagrad", "sgd")
 OWN_OPTIMIZER = "ctr_optimizer"  # parameter attribute: (dense optimizer kind, lr) of a parameter's own optimizer
+FROZEN = "frozen"  # an OWN_OPTIMIZER kind: no optimizer at all
+
+
+def freeze_dense(model: nn.Module) -> list[str]:
+    """Tag every weight outside the embedding tables and the field embedding (``model.embedding``) as
+    :data:`FROZEN` (DNIS's search trains only the "feature" parameters); returns the frozen names."""
+    tables = {id(p) for p in table_parameters(model)}
+    frozen = []
+    for name, param in model.named_parameters():
+        if id(param) not in tables and not name.startswith("embedding."):
+            setattr(param, OWN_OPTIMIZER, (FROZEN, 0.0))
+            frozen.append(name)
+    return frozen
 
 
 class OptimConfig(StrictConfig):
@@ -70,7 +83,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: KeyedOptimizer | 
     Parameters whose name contains ``embedding_bags`` but that are not fused (Adam-on-CPU case) get
     ``sparse_lr`` with ``torch.optim.Adam``; a parameter tagged ``param.ctr_optimizer = (kind, lr)`` by its
     module gets its own ``kind`` optimizer (``adam``/``adagrad``/``sgd``, no weight decay) at ``lr`` (OptEmbed's
-    thresholds: plain SGD); the rest get ``cfg.dense`` at ``cfg.lr``.
+    thresholds: plain SGD; ``frozen``: none, see :func:`freeze_dense`); the rest get ``cfg.dense`` at ``cfg.lr``.
     """
     params = dict(in_backward_optimizer_filter(model.named_parameters()))
     tables = {k: v for k, v in params.items() if "embedding_bags" in k or ".ec.embeddings." in k}
@@ -81,6 +94,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: KeyedOptimizer | 
         parts.append(KeyedOptimizerWrapper(dense, lambda p: _dense_optimizer(cfg, p, cfg.lr)))
     for key, param in own.items():
         kind, lr = getattr(param, OWN_OPTIMIZER)
+        if kind == FROZEN:
+            continue  # keeps its value (its gradient is computed and never applied)
         opt = OptimConfig(dense=kind, lr=lr)
         parts.append(KeyedOptimizerWrapper({key: param}, lambda p, o=opt: _dense_optimizer(o, p, o.lr)))
     if tables:
