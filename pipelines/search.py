@@ -141,7 +141,7 @@ def _trainer(spec, pdir: Path, record):
                         artifact_dir=str(req.artifact_dir), splits=dict(req.splits), out_dir=str(req.out_dir),
                         device=spec.distributed.device, init_from=req.init_from,
                         snapshot_epochs=tuple(req.snapshot_epochs), restore_best=req.restore_best,
-                        freeze_dense=req.freeze_dense)
+                        freeze_dense=req.freeze_dense, validate_start=req.validate_start)
 
         def on_report(rec: dict) -> None:
             record.log_epoch(rec)

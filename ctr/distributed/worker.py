@@ -55,6 +55,7 @@ class WorkerJob:
             e.g. a search phase whose outcome is its final state).
         freeze_dense (bool): only the embedding tables and the field embedding's own weights train
             (``ctr.train.optim.freeze_dense``; DNIS's search).
+        validate_start (bool): the starting weights compete as epoch 0 for the best state (``fit``).
     """
 
     model_cfg: object
@@ -70,6 +71,7 @@ class WorkerJob:
     snapshot_epochs: tuple[int, ...] = ()
     restore_best: bool = True
     freeze_dense: bool = False
+    validate_start: bool = False
 
 
 @dataclass
@@ -174,7 +176,7 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
         after_step = _validation_step(dmp, bilevel, _cycle(valid_it), world_size)
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
                  cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step,
-                 resume, on_checkpoint, on_epoch_start, after_step)
+                 resume, on_checkpoint, on_epoch_start, after_step, job.validate_start)
     result.step_losses = mean_across_ranks(result.step_losses)
     valid = (result.best if job.restore_best else None) or evaluate(dmp, batches("valid"), gather_rows)
     final = Path(job.out_dir) / "final"

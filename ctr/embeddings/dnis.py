@@ -57,6 +57,9 @@ class DNISConfig(PlainEmbeddingConfig):
         warm_epochs (int): epoch budget of the warm start (early stop with ``train.patience``).
         search_epochs (int): epoch budget of the alternating search (early stop with ``train.patience``;
             the best validation epoch's embeddings and α are kept).
+        search_sparse_lr (float | None): the tables' learning rate in the search (``None``: ``train``'s); the
+            search starts a fresh table optimiser from the warm weights, so a smaller rate keeps it from
+            overfitting small data.
         alpha_lr (float): plain-SGD learning rate of α (paper 0.01).
         l1 (float): ``l1 · Σ|α|`` in the validation loss (paper 1e-5).
         grad_norm (bool): divide each block row of α's gradient by its mean absolute value.
@@ -71,6 +74,7 @@ class DNISConfig(PlainEmbeddingConfig):
     dim_groups: int | None = Field(None, ge=1)
     warm_epochs: int = Field(10, ge=1)
     search_epochs: int = Field(5, ge=1)
+    search_sparse_lr: float | None = Field(None, gt=0.0)
     alpha_lr: float = Field(0.01, gt=0.0)
     l1: float = Field(1e-5, ge=0.0)
     grad_norm: bool = True

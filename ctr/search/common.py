@@ -26,11 +26,14 @@ def write_compact_data(ctx: PhaseContext, artifact: FeatureArtifact, keep: dict[
     return small, splits
 
 
-def retrain_compact(ctx: PhaseContext, embedding_cfg, made: dict, extra: dict) -> dict:
+def retrain_compact(ctx: PhaseContext, embedding_cfg, made: dict, extra: dict, validate_start: bool = False) -> dict:
     """Train the compact model (``made``: the materialise phase's ``artifact_dir``, ``splits``, ``init``) from
-    its materialised weights with a fresh optimiser; returns the :class:`CompactResult` as a dict."""
+    its materialised weights with a fresh optimiser; returns the :class:`CompactResult` as a dict.
+    ``validate_start``: the materialised weights themselves compete as epoch 0 (a model materialised from
+    trained weights)."""
     result = ctx.train(TrainRequest(embedding_cfg, ctx.train_cfg, made["artifact_dir"], train_valid(made["splits"]),
-                                    str(ctx.dir / "checkpoints"), init_from=made["init"]))
+                                    str(ctx.dir / "checkpoints"), init_from=made["init"],
+                                    validate_start=validate_start))
     return CompactResult(embedding=embedding_cfg.model_dump(), artifact_dir=made["artifact_dir"],
                          splits=made["splits"], checkpoint_dir=str(result.checkpoint_dir), valid=result.valid,
                          history=result.fit.history, extra=extra).to_json()

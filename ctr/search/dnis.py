@@ -11,7 +11,9 @@
   whose block tables hold ``e[:, cols_k] · α[k, cols_k]`` and whose projections put each column back where
   it was, so it predicts exactly as the searched model with the pruned α (:func:`materialise_state`; the
   tests check it). The ids and the feature artifact do not change (DNIS prunes columns, not rows).
-* ``retrain`` trains that model from those weights with ``train:`` (fresh optimiser state).
+* ``retrain`` trains that model from those weights with ``train:`` (fresh optimiser state); the materialised
+  weights themselves compete as epoch 0, so the result is never worse on validation than no retraining
+  (the paper's retraining is optional).
 
 Artifacts: ``alpha.json`` (α, the block starts and rows, the kept columns, the widths) and plots of α
 (heat map) and of the widths per block.
@@ -54,6 +56,9 @@ def search(ctx: PhaseContext) -> dict:
     """Alternating search from the warm weights; keep the best epoch (embeddings and α)."""
     cfg = ctx.embedding_cfg.model_copy(update={"mode": "search"})
     train_cfg = ctx.train_cfg.model_copy(update={"epochs": cfg.search_epochs})
+    if cfg.search_sparse_lr is not None:
+        train_cfg = train_cfg.model_copy(update={"optimizer": train_cfg.optimizer.model_copy(
+            update={"sparse_lr": cfg.search_sparse_lr})})
     result = ctx.train(TrainRequest(cfg, train_cfg, str(ctx.artifact_dir), train_valid(ctx.splits),
                                     str(ctx.dir / "checkpoints"), init_from=ctx.previous["warm"]["final"],
                                     restore_best=True, freeze_dense=cfg.freeze_dense))
@@ -193,7 +198,7 @@ def retrain(ctx: PhaseContext) -> dict:
              "field_params_ratio": made["field_params_ratio"], "projection_params": made["projection_params"],
              "search_valid_auc": ctx.previous["search"]["valid"].get("auc"),
              "warm_valid_auc": ctx.previous["warm"]["valid"].get("auc")}
-    return retrain_compact(ctx, emb, made, extra)
+    return retrain_compact(ctx, emb, made, extra, validate_start=True)
 
 
 def alpha_png(alpha: np.ndarray, widths: list[int], rows, path):

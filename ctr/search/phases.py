@@ -34,6 +34,7 @@ class TrainRequest:
         on_report (callable | None): per-epoch record callback of the phase (the runner adds its own).
         freeze_dense (bool): train only the embedding tables and the field embedding's own weights (DNIS's
             search); every other weight keeps its starting value.
+        validate_start (bool): the starting weights compete as epoch 0 for the kept (best) state.
     """
 
     embedding_cfg: Any
@@ -47,6 +48,7 @@ class TrainRequest:
     model_cfg: Any = None
     on_report: Callable[[dict], None] | None = None
     freeze_dense: bool = False
+    validate_start: bool = False
 
 
 @dataclass

@@ -149,7 +149,7 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
         on_step: StepCallback | None = None, resume: FitResult | None = None,
         on_checkpoint: Callable[[FitResult], None] | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
-        after_step: Callable[[], None] | None = None) -> FitResult:
+        after_step: Callable[[], None] | None = None, validate_start: bool = False) -> FitResult:
     """Train for up to ``cfg.epochs`` epochs with early stopping; restore the best state at the end.
 
     ``validate`` returns metrics on the validation split (all ranks); ``on_report`` receives each
@@ -162,8 +162,16 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
     mid-epoch exactly where it was taken. ``on_epoch_start(epoch)`` (0-based) runs before each epoch's
     first step, also when a resumed epoch continues (search methods set their temperature there).
     ``after_step()`` runs after every optimizer step (a bilevel search's validation step on its own weights).
+    ``validate_start``: the starting weights compete as "epoch 0" (a model that starts trained, e.g. a search's
+    materialised compact model, is kept as it is when no epoch of further training beats it).
     """
     result = resume if resume is not None else FitResult()
+    if validate_start and resume is None:
+        metrics = validate()
+        result.best_value, result.best_epoch, result.best = monitored(cfg.monitor, metrics), 0, dict(metrics)
+        log.info("start: valid_auc %.5f valid_logloss %.5f (epoch 0)", metrics["auc"], metrics["logloss"])
+        if checkpointer is not None:
+            checkpointer.save_best(model)
     while result.epochs_done < cfg.epochs and not result.stopped_early:
         epoch = result.epochs_done
         train_batches.set_epoch(epoch, skip=result.epoch_steps)
@@ -176,7 +184,7 @@ def fit(model: torch.nn.Module, optimizer, objective: Objective, train_batches: 
                    on_report, world_size)
         if on_checkpoint is not None:
             on_checkpoint(result)
-    if checkpointer is not None and result.best_epoch > 0:
+    if checkpointer is not None and result.best_epoch >= 0:
         checkpointer.restore_best(model)
     return result
 

@@ -68,3 +68,21 @@ def test_best_epoch_and_stop_follow_the_monitor(monitor, best, epochs_run):
     assert result.best == SCRIPT[best - 1]
     for k, v in keep.state.items():  # the restored weights are the best epoch's
         assert torch.equal(model.state_dict()[k], v)
+
+
+def test_validate_start_keeps_the_starting_weights_when_no_epoch_beats_them():
+    schema = Schema.model_validate({"fields": [{"name": "c"}, {"name": "x", "kind": "numeric"}]})
+    frame = pl.DataFrame({"c": np.zeros(64, dtype=np.int64), "x": np.linspace(-1, 1, 64, dtype=np.float32),
+                          "_label": (np.arange(64) % 2).astype(np.float32)})
+    batches = BatchIterator(EncodedColumns.from_frame(frame, schema), 16, shuffle=True, seed=0)
+    cfg = TrainConfig(epochs=4, patience=1, progress=False)
+    for start, best_epoch, epochs_run in (({"auc": 0.95, "logloss": 0.2}, 0, 2), ({"auc": 0.5, "logloss": 0.7}, 2, 4)):
+        model = DenseOnly()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        calls = iter([start] + SCRIPT)
+        result = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), Objective(), batches,
+                     lambda calls=calls: dict(next(calls)), cfg, Keep(), validate_start=True)
+        assert result.best_epoch == best_epoch and len(result.history) == epochs_run
+        same = all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+        assert same == (best_epoch == 0)  # the start restored, or a trained epoch's weights
+        assert result.best == (start if best_epoch == 0 else SCRIPT[best_epoch - 1])
