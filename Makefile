@@ -32,6 +32,7 @@ bench: $(STAMP)
 # ctr vs deepctr-torch and torch-rechub on the same encoded data (creates .bench-peers on first use; long)
 bench-peers: $(STAMP)
 	$(BIN)/python -m benchmarks.peer_compare --mlflow-experiment ctr-bench-peers
+	$(BIN)/python -m benchmarks.scale_sweep
 
 bench-serving: $(STAMP)
 	$(BIN)/python -m benchmarks.serving_latency

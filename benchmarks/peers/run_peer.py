@@ -9,7 +9,8 @@ The loop around the libraries is the same for both and mirrors ``ctr``'s: at mos
 epochs, validation AUC and logloss after each, early stopping on ctr's ``monitor`` (AUC − logloss by
 default): stop after ``patience`` epochs without improvement, restore the
 best epoch's weights, then score the test split. Only the libraries' own models, training step and
-optimizer (Adam over every parameter) are used.
+optimizer (Adam over every parameter) are used. With ``"sweep": true`` in the hyperparameters
+(``benchmarks.scale_sweep``) it only times one pass over the first ``max_train_rows`` training rows.
 
     .bench-peers/bin/python benchmarks/peers/run_peer.py --dataset D.json --system deepctr \
         --model deepfm --seed 2021 --hparams '{"embedding_dim": 16, ...}'
@@ -122,6 +123,16 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(hp.get("threads", torch.get_num_threads()))
+    if hp.get("sweep"):  # benchmarks.scale_sweep: the speed of max_train_rows training rows, nothing else
+        x, y = load(dataset, "train")
+        n = min(len(y), hp["max_train_rows"])
+        x, y = {k: v[:n] for k, v in x.items()}, y[:n]
+        system = (DeepCTR if args.system == "deepctr" else RecHub)(dataset, args.model, hp, args.seed)
+        start = time.perf_counter()
+        system.train_epoch(x, y)
+        seconds = time.perf_counter() - start
+        print(json.dumps({"train_examples_per_s": n / seconds, "rows": n, "threads": torch.get_num_threads()}))
+        return
     train, valid, test = (load(dataset, s) for s in ("train", "valid", "test"))
     system = (DeepCTR if args.system == "deepctr" else RecHub)(dataset, args.model, hp, args.seed)
     best, best_value, bad, history, train_s, first_epoch_end = None, -float("inf"), 0, [], 0.0, None
