@@ -105,6 +105,13 @@ class BlockDimEmbedding(FieldEmbedding):
                     pooling=PoolingType.SUM, weight_init_min=None if bound is None else -bound,
                     weight_init_max=bound))
         self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
+        self.block_keys: dict[int, list[str]] = {}  # block -> its KJT keys (one per field that has rows there)
+        slots: dict[int, list[int]] = {}
+        for key, field, k, _, _ in self.keys:
+            self.block_keys.setdefault(k, []).append(key)
+            slots.setdefault(k, []).append(self.sparse_names.index(field))
+        for k, idx in slots.items():
+            self.register_buffer(f"slots_b{k}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.projection = WidthProjection({f"b{k}": w for k, w in enumerate(self.widths) if w}, dim)
         self.numeric = NumericFieldEmbedding(layout.num_numeric, dim, config.init_std or 0.01) \
             if layout.num_numeric else None
@@ -125,11 +132,11 @@ class BlockDimEmbedding(FieldEmbedding):
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         batch = sparse.stride()
         pooled = self.ebc(self.route(sparse)).to_dict() if self.ebc is not None else {}
-        device = dense.device
-        vecs = {n: torch.zeros(batch, self.embedding_dim, device=device) for n in self.sparse_names}
-        for key, field, k, _, _ in self.keys:
-            vecs[field] = vecs[field] + self.projection(f"b{k}", pooled[key])  # empty bags pool to zeros
-        parts = [torch.stack([vecs[n] for n in self.sparse_names], dim=1)]  # [B, S, D]
+        fields = torch.zeros(batch, len(self.sparse_names), self.embedding_dim, device=dense.device)
+        for k, keys in self.block_keys.items():  # one projection per block over all its fields
+            vecs = self.projection(f"b{k}", torch.stack([pooled[key] for key in keys], dim=1))  # [B, n_k, D]
+            fields = fields.index_add(1, getattr(self, f"slots_b{k}").to(vecs.device), vecs)  # empty bags: zeros
+        parts = [fields]  # [B, S, D]
         if self.training and self.l2 > 0:
             self._penalty = self.l2 * parts[0].pow(2).sum(dim=(1, 2)).mean()
         if self.numeric is not None:
