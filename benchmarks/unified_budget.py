@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 
-def run_one(pipeline: str, experiment: str, seed: int, budget: float | None, out: Path) -> dict:
+def run_one(pipeline: str, experiment: str, seed: int, budget: float | None, out: Path,
+            sets: list[str] | None = None) -> dict:
     tag = f"{experiment}-{budget if budget is not None else 'full'}-{seed}"
     summary = out.parent / f"{out.stem}-{tag}.json"
     if not summary.is_file():
@@ -28,7 +29,12 @@ def run_one(pipeline: str, experiment: str, seed: int, budget: float | None, out
                "--set", f"train.seed={seed}", "--summary-json", str(summary)]
         if budget is not None:
             cmd += ["--set", f"embedding.budget={budget}"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for item in sets or []:
+            cmd += ["--set", item]
+        done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:  # say which run failed and why, then stop (finished runs are kept and reused)
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise SystemExit(f"run {tag} failed (exit {done.returncode}): {' '.join(cmd)}\n{tail}")
     data = json.loads(summary.read_text())
     return {"experiment": experiment, "budget": budget if budget is not None else 1.0, "seed": seed,
             "auc": data["test"]["auc"], "logloss": data["test"]["logloss"], "params": data["embedding_params"]}
@@ -75,14 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["unified", "hashed"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--mlflow-experiment", default=None)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="extra override for every run (e.g. train.optimizer.sparse_lr=0.01); repeatable")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        rows.append(run_one(args.pipeline, "plain", seed, None, args.out))
+        rows.append(run_one(args.pipeline, "plain", seed, None, args.out, args.sets))
         for budget in args.budgets:
             for method in args.methods:
-                rows.append(run_one(args.pipeline, method, seed, budget, args.out))
+                rows.append(run_one(args.pipeline, method, seed, budget, args.out, args.sets))
                 args.out.write_text(json.dumps(rows, indent=2))
     text = table(rows)
     print(text)
