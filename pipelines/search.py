@@ -174,11 +174,28 @@ def baseline_spec(spec):
     return dataclasses.replace(spec, embedding=plain)
 
 
+def kept_epoch(history: list[dict], valid: dict) -> int:
+    """The epoch whose validation metrics are the kept model's (``valid``): 0 when the starting weights were
+    kept (``validate_start``: no trained epoch has them), -1 without metrics.
+
+    Example::
+
+        >>> h = [{"epoch": 1, "valid_auc": 0.7, "valid_logloss": 0.5}, {"epoch": 2, "valid_auc": 0.8, "valid_logloss": 0.9}]
+        >>> kept_epoch(h, {"auc": 0.7, "logloss": 0.5}), kept_epoch(h, {"auc": 0.75, "logloss": 0.4}), kept_epoch(h, {})
+        (1, 0, -1)
+    """
+    if not valid:
+        return -1
+    for record in history:
+        if all(record.get(f"valid_{k}") == v for k, v in valid.items() if k in ("auc", "logloss")):
+            return int(record["epoch"])
+    return 0
+
+
 def trained_of(result: CompactResult, world_size: int) -> WorkerResult:
     """The compact model's training outcome in the shape the evaluate/summary code reads."""
     history = result.history
-    best = max(history, key=lambda r: r.get("valid_auc", float("-inf")), default={"epoch": -1})
-    fit = FitResult(history=history, best_epoch=int(best["epoch"]), best=dict(result.valid),
+    fit = FitResult(history=history, best_epoch=kept_epoch(history, result.valid), best=dict(result.valid),
                     train_rows=int(sum(r["examples_per_s"] * r["epoch_seconds"] for r in history)),
                     train_seconds=float(sum(r["epoch_seconds"] for r in history)), epochs_done=len(history))
     return WorkerResult(fit, dict(result.valid), "", result.checkpoint_dir, world_size)
