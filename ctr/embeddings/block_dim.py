@@ -84,15 +84,12 @@ class BlockDimEmbedding(FieldEmbedding):
         self.num_fields = layout.num_fields
         self.sparse_names = [f.name for f in schema.sparse_fields]
         self.field_names = self.sparse_names + [f.name for f in schema.numeric_fields]
-        self.field_tables = {f.name: f.table_name for f in schema.sparse_fields}
-        self.widths = list(config.widths)
-        self.starts = {t: list(s) for t, s in config.starts.items()}
         bound = None if config.init_std is None else config.init_std * 3 ** 0.5
         tables, self.table_rows = [], {}
         self.keys: list[tuple[str, str, int, int, int]] = []  # (KJT key, field, block, first id, end id)
         for table, specs in schema.tables.items():
-            s = self.starts[table]
-            for k, width in enumerate(self.widths):
+            s = config.starts[table]
+            for k, width in enumerate(config.widths):
                 rows = s[k + 1] - s[k]
                 if width == 0 or rows == 0:
                     continue
@@ -112,7 +109,7 @@ class BlockDimEmbedding(FieldEmbedding):
             slots.setdefault(k, []).append(self.sparse_names.index(field))
         for k, idx in slots.items():
             self.register_buffer(f"slots_b{k}", torch.tensor(idx, dtype=torch.long), persistent=False)
-        self.projection = WidthProjection({f"b{k}": w for k, w in enumerate(self.widths) if w}, dim)
+        self.projection = WidthProjection({f"b{k}": w for k, w in enumerate(config.widths) if w}, dim)
         self.numeric = NumericFieldEmbedding(layout.num_numeric, dim, config.init_std or 0.01) \
             if layout.num_numeric else None
         self.l2 = config.l2

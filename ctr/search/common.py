@@ -1,13 +1,31 @@
 """Steps every search method's phases share: compact data, the retrain of the compact model, in-memory
 validation batches for fitness evaluations, and bar-chart artifacts."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 
+from ctr.embeddings.tables import FBGEMM_DIM_MULTIPLE
 from ctr.features.artifact import FeatureArtifact
 from ctr.search.compact import compact_artifact, remap_of, remap_split
 from ctr.search.phases import CompactResult, PhaseContext, TrainRequest
+from ctr.train import checkpoint
+
+
+def round_up(dim: int) -> int:
+    """The smallest multiple of 4 (FBGEMM) that is ``≥ dim``."""
+    return int(math.ceil(dim / FBGEMM_DIM_MULTIPLE) * FBGEMM_DIM_MULTIPLE)
+
+
+def load_trained(ctx: PhaseContext, embedding_cfg, path: str, layout=None):
+    """The pipeline's backbone with ``embedding_cfg``, unsharded, in eval mode, with the checkpoint at ``path``."""
+    from ctr.models import build_model
+
+    layout = layout or FeatureArtifact.load(ctx.artifact_dir).layout()
+    model = build_model(ctx.model_cfg, layout, embedding_cfg)
+    checkpoint.load(model, path)
+    return model.eval()
 
 
 def train_valid(splits: dict) -> dict[str, str]:

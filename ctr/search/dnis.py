@@ -21,16 +21,14 @@ Artifacts: ``alpha.json`` (α, the block starts and rows, the kept columns, the 
 
 import json
 import logging
-import math
 
 import numpy as np
 import torch
 
 from ctr.embeddings.block_dim import BlockDimConfig
 from ctr.embeddings.projection import projection_param_count
-from ctr.embeddings.tables import FBGEMM_DIM_MULTIPLE
 from ctr.features.artifact import FeatureArtifact
-from ctr.search.common import bars_png, retrain_compact, train_valid
+from ctr.search.common import bars_png, load_trained, retrain_compact, round_up, train_valid
 from ctr.search.phases import Phase, PhaseContext, TrainRequest
 from ctr.train import checkpoint
 
@@ -65,11 +63,6 @@ def search(ctx: PhaseContext) -> dict:
     return {"final": str(result.checkpoint_dir), "valid": result.valid, "history": result.fit.history}
 
 
-def round_up(n: int, dim: int) -> int:
-    """``n`` rounded up to a multiple of 4 (FBGEMM), at most ``dim``."""
-    return min(dim, int(math.ceil(n / FBGEMM_DIM_MULTIPLE) * FBGEMM_DIM_MULTIPLE))
-
-
 def prune_alpha(alpha: np.ndarray, block_rows: np.ndarray, budget: float) -> list[np.ndarray]:
     """Magnitude pruning of α ``[b, D]`` into per-block column sets whose sizes are multiples of 4.
 
@@ -92,7 +85,7 @@ def prune_alpha(alpha: np.ndarray, block_rows: np.ndarray, budget: float) -> lis
     blocks, dim = alpha.shape
 
     def widths(t: float) -> np.ndarray:
-        return np.array([round_up(int((alpha[k] > t).sum()), dim) for k in range(blocks)])
+        return np.array([min(dim, round_up(int((alpha[k] > t).sum()))) for k in range(blocks)])
 
     for t in sorted({0.0, *alpha[alpha > 0].tolist()}):  # ascending: the first that fits keeps the most
         w = widths(t)
@@ -152,9 +145,7 @@ def materialise(ctx: PhaseContext) -> dict:
 
     cfg = ctx.embedding_cfg.model_copy(update={"mode": "search"})
     layout = FeatureArtifact.load(ctx.artifact_dir).layout()
-    searched = build_model(ctx.model_cfg, layout, cfg)
-    checkpoint.load(searched, ctx.previous["search"]["final"])
-    searched.eval()
+    searched = load_trained(ctx, cfg, ctx.previous["search"]["final"], layout)
     emb = searched.embedding
     dim = emb.embedding_dim
     per_table = emb.block_rows()

@@ -27,15 +27,16 @@ import numpy as np
 from ctr.embeddings.mixed_dim import MixedDimConfig
 from ctr.embeddings.optembed import dim_choices
 from ctr.embeddings.projection import projection_param_count
-from ctr.embeddings.tables import FBGEMM_DIM_MULTIPLE
 from ctr.errors import ConfigError
 from ctr.features.artifact import FeatureArtifact
 from ctr.search.common import (
     bars_png,
     keep_report,
     kept_rows_png,
+    load_trained,
     memory_batches,
     retrain_compact,
+    round_up,
     train_valid,
     write_compact_data,
 )
@@ -56,11 +57,6 @@ def phases(config) -> list[Phase]:
             Phase("retrain", retrain)]
 
 
-def round_up(dim: int) -> int:
-    """The smallest multiple of 4 (FBGEMM) that is ``≥ dim``."""
-    return int(math.ceil(dim / FBGEMM_DIM_MULTIPLE) * FBGEMM_DIM_MULTIPLE)
-
-
 def compact_embedding_config(config, widths: dict[str, int]) -> MixedDimConfig:
     """The compact model's embedding: mixed-width tables with the search's plain options."""
     return MixedDimConfig(widths=widths, init_std=config.init_std, l2=config.l2, mba_l2=config.mba_l2)
@@ -79,12 +75,7 @@ def supernet(ctx: PhaseContext) -> dict:
 
 def load_supernet(ctx: PhaseContext, path: str, layout=None):
     """The supernet (unsharded, eval mode) with the checkpoint at ``path``."""
-    from ctr.models import build_model
-
-    layout = layout or FeatureArtifact.load(ctx.artifact_dir).layout()
-    model = build_model(ctx.model_cfg, layout, ctx.embedding_cfg)
-    checkpoint.load(model, path)
-    return model.eval()
+    return load_trained(ctx, ctx.embedding_cfg, path, layout)
 
 
 def evolve(ctx: PhaseContext) -> dict:
