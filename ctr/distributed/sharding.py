@@ -20,7 +20,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from ctr.config import StrictConfig
-from ctr.embeddings.tables import table_bound, table_init
+from ctr.embeddings.tables import table_values
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise",
                        "data_parallel"]
@@ -83,6 +83,8 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=device.type),
                                        constraints=_constraints(tables, cfg, fused))
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    follow_placements(plan, {f: b for m in model.modules() if callable(getattr(m, "followed_tables", None))
+                             for f, b in m.followed_tables().items()})
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
     init_sharded_tables(dmp, tables, seed)
     return dmp
@@ -96,21 +98,68 @@ def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], s
             if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in tables:
                 continue
             cfg = tables[parts[-2]]
-            args = (cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed)
             if isinstance(value, ShardedTensor):
                 for shard in value.local_shards():
                     (r0, c0), (_, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    _fill(shard.tensor, args, r0, c0, nc)
+                    _fill(shard.tensor, cfg, seed, r0, c0, nc)
             else:
-                _fill(value, args, 0, 0, value.shape[1])
+                _fill(value, cfg, seed, 0, 0, value.shape[1])
 
 
-def _fill(target: torch.Tensor, args: tuple, row0: int, col0: int, cols: int) -> None:
+def _fill(target: torch.Tensor, cfg, seed: int, row0: int, col0: int, cols: int) -> None:
     """Copy generated rows into ``target`` block by block: scratch memory stays ~8 MB per block."""
     step = max(1, INIT_BLOCK_ELEMENTS // max(cols, 1))
     for r in range(0, target.shape[0], step):
         n = min(step, target.shape[0] - r)
-        target[r:r + n].copy_(table_init(*args, row_start=row0 + r, row_count=n, col_start=col0, col_count=cols))
+        target[r:r + n].copy_(table_values(cfg, seed, row_start=row0 + r, row_count=n, col_start=col0, col_count=cols))
+
+
+def local_table_shards(dmp: nn.Module, names: list[str]) -> dict[str, list[torch.Tensor]]:
+    """This rank's pieces of tables ``names`` (``[rows, cols]`` views that share the tables' storage, so
+    in-place updates reach the tables): the local shards of a sharded table, the whole tensor of a
+    replicated or unsharded one, nothing where another rank holds the table."""
+    wanted, out = set(names), {n: [] for n in names}
+    for key, value in dmp.state_dict(keep_vars=True).items():
+        parts = key.split(".")
+        if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in wanted or parts[-1] != "weight":
+            continue
+        tensors = [s.tensor for s in value.local_shards()] if isinstance(value, ShardedTensor) else [value.data]
+        out[parts[-2]].extend(t for t in tensors if t.numel())
+    return out
+
+
+def follow_placements(plan, follows: dict[str, str]) -> None:
+    """Give each follower table (OptFS's gate table) its base table's placement, in place: the same
+    sharding type and ranks and the same row ranges at the follower's own width, so a row's companion
+    lives on the rank that holds the row. Column-wise bases (every column shard holds all rows) put the
+    follower table-wise on the rank of their first column shard; data-parallel followers stay replicated."""
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+    from torchrec.distributed.types import ParameterSharding
+    from torchrec.distributed.types import ShardingType as Kind
+
+    where = {name: (path, ps) for path, module_plan in plan.plan.items() for name, ps in module_plan.items()}
+    for follower, base in follows.items():
+        if follower not in where or base not in where:
+            continue
+        path, own = where[follower]
+        _, ref = where[base]
+        if ref.sharding_type == Kind.DATA_PARALLEL.value or ref.sharding_spec is None:
+            continue
+        width = own.sharding_spec.shards[0].shard_sizes[1] if own.sharding_spec is not None else None
+        if width is None:
+            continue
+        shards = [m for m in ref.sharding_spec.shards if m.shard_offsets[1] == 0]  # the first column block
+        kind = ref.sharding_type
+        if kind in (Kind.COLUMN_WISE.value, Kind.TABLE_COLUMN_WISE.value):
+            kind = Kind.TABLE_WISE.value
+        if kind not in (Kind.TABLE_WISE.value, Kind.ROW_WISE.value, Kind.TABLE_ROW_WISE.value):
+            continue  # grid shards: the planner's own placement
+        spec = EnumerableShardingSpec([ShardMetadata(shard_offsets=[m.shard_offsets[0], 0],
+                                                     shard_sizes=[m.shard_sizes[0], width], placement=m.placement)
+                                       for m in shards])
+        ranks = [m.placement.rank() for m in shards]
+        plan.plan[path][follower] = ParameterSharding(sharding_type=kind, compute_kernel=own.compute_kernel,
+                                                      ranks=ranks, sharding_spec=spec)
 
 
 def plan_text(dmp: DistributedModelParallel) -> str:

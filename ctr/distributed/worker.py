@@ -19,7 +19,15 @@ import torch.distributed as dist
 from ctr.data.loader import BatchIterator, rank_rows
 from ctr.data.prepare import count_encoded, read_encoded
 from ctr.distributed.env import destroy_process_group, init_process_group
-from ctr.distributed.sharding import ShardingConfig, gather_rows, mean_across_ranks, plan_text, shard_model
+from ctr.distributed.sharding import (
+    ShardingConfig,
+    gather_rows,
+    local_table_shards,
+    mean_across_ranks,
+    plan_text,
+    shard_model,
+)
+from ctr.errors import CtrError
 from ctr.features.artifact import FeatureArtifact
 from ctr.models import build_model
 from ctr.train import checkpoint
@@ -174,6 +182,7 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
         valid_it = BatchIterator(data["valid"][0], cfg.batch_size, shuffle=True, seed=cfg.seed + 1, rank=rank,
                                  world_size=world_size, device=device, total_rows=data["valid"][1])
         after_step = _validation_step(dmp, bilevel, _cycle(valid_it), world_size)
+    after_step = _chain(after_step, _table_steps(model, dmp, cfg.optimizer.lr, tables_fused(cfg.optimizer, device)))
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
                  cfg.model_copy(update={"progress": cfg.progress and rank == 0}), best, report, world_size, step,
                  resume, on_checkpoint, on_epoch_start, after_step, job.validate_start)
@@ -183,6 +192,35 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     checkpoint.save(dmp, final)
     return WorkerResult(result, valid, plan, str(final), world_size, time.perf_counter() - start, job.resume_from,
                         {name: len(cols) for name, (cols, _) in data.items()})
+
+
+def _table_steps(model, dmp, lr: float, fused: bool) -> Callable[[], None] | None:
+    """Whole-table steps of modules that ask for them (OptFS's gate Adam + penalty, ``table_step``, at the
+    dense ``lr``): each rank updates its own shards of the named tables after every optimizer step, with no
+    communication."""
+    modules = [m for m in model.modules() if callable(getattr(m, "table_step", None)) and m.stepped_tables()]
+    if not modules:
+        return None
+    if not fused:
+        raise CtrError("OptFS's gate tables need fused table optimizers, but train.optimizer.sparse: adam on CPU "
+                       "keeps every table on the dense data-parallel kernel; use rowwise_adagrad, adagrad or sgd")
+    shards = [(m, local_table_shards(dmp, m.stepped_tables())) for m in modules]
+
+    def step() -> None:
+        for module, local in shards:
+            module.table_step(local, lr)
+    return step
+
+
+def _chain(*steps: Callable[[], None] | None) -> Callable[[], None] | None:
+    present = [s for s in steps if s is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def step() -> None:
+        for s in present:
+            s()
+    return step
 
 
 def _cycle(batches: BatchIterator):

@@ -12,6 +12,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from ctr.embeddings.base import FieldLayout
 
 FBGEMM_DIM_MULTIPLE = 4  # FBGEMM's fused TBE kernels need every table width divisible by 4
+GATE_SUFFIX = "@gate"  # OptFS's gate tables (see ctr.embeddings.optfs): initialised column 0 only
+TABLE_OPTIMIZER = "ctr_table_optimizer"  # table weight attribute: (kind, lr) of its own fused optimizer
 
 
 def check_dim(dim: int, what: str) -> None:
@@ -106,6 +108,23 @@ def table_bound(cfg: EmbeddingBagConfig) -> float:
     return cfg.weight_init_max if cfg.weight_init_max is not None else (1.0 / cfg.num_embeddings) ** 0.5
 
 
+def table_values(cfg: EmbeddingBagConfig, seed: int, row_start: int = 0, row_count: int | None = None,
+                 col_start: int = 0, col_count: int | None = None) -> torch.Tensor:
+    """Initial values of a slice of table ``cfg``: :func:`table_init`'s uniform rows, or the constant
+    ``weight_init_min`` where a config sets min = max; a gate table (name ending in :data:`GATE_SUFFIX`,
+    OptFS's ``[m, gradient, Adam m1, Adam v]`` rows) gets that constant in column 0 and zeros elsewhere."""
+    rows, dim = cfg.num_embeddings, cfg.embedding_dim
+    if cfg.weight_init_min is not None and cfg.weight_init_min == cfg.weight_init_max:
+        shape = (rows - row_start if row_count is None else row_count, dim - col_start if col_count is None else col_count)
+        if not cfg.name.endswith(GATE_SUFFIX):
+            return torch.full(shape, float(cfg.weight_init_min))
+        values = torch.zeros(shape)
+        if col_start == 0 and shape[1]:
+            values[:, 0] = float(cfg.weight_init_min)
+        return values
+    return table_init(cfg.name, rows, dim, table_bound(cfg), seed, row_start, row_count, col_start, col_count)
+
+
 def init_plain_tables(model: torch.nn.Module, seed: int) -> None:
     """Apply :func:`table_init` to every (unsharded) ``EmbeddingBagCollection`` table of ``model``."""
     with torch.no_grad():
@@ -113,7 +132,7 @@ def init_plain_tables(model: torch.nn.Module, seed: int) -> None:
             if isinstance(ebc, EmbeddingBagCollection):
                 for cfg in ebc.embedding_bag_configs():
                     weight = ebc.embedding_bags[cfg.name].weight
-                    weight.copy_(table_init(cfg.name, cfg.num_embeddings, cfg.embedding_dim, table_bound(cfg), seed))
+                    weight.copy_(table_values(cfg, seed))
 
 
 def table_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

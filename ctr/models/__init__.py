@@ -67,6 +67,8 @@ def build_model(model_cfg: StrictConfig, layout: FieldLayout, embedding_cfg: Str
     method = METHODS[emb_cfg.name][1]
     embedding = method(layout, model_cfg.embedding_dim, emb_cfg, device)
     first_order = first_order_embedding(layout, device) if needs_first_order(model_cfg) else None
+    if first_order is not None and callable(getattr(embedding, "gate_first_order", None)):
+        first_order = embedding.gate_first_order(first_order)  # OptFS: a value's gate covers its linear weight
     return model_cls(embedding, first_order, model_cfg)
 
 

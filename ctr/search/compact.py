@@ -104,7 +104,8 @@ def table_of(key: str) -> str | None:
 
 def compact_state(source: dict, target: dict, keep: dict[str, np.ndarray],
                   row_scale: dict[str, "np.ndarray"] | None = None, scaled_prefix: str = "embedding.",
-                  dims: dict[str, int] | None = None, own_prefixes: tuple[str, ...] = ()) -> dict:
+                  dims: dict[str, int] | None = None, own_prefixes: tuple[str, ...] = (),
+                  scale_first_order: bool = False) -> dict:
     """Fill ``target`` (a compact model's state dict) from ``source`` (the full model's).
 
     Table weights of a table ``t`` in ``keep`` (also its first-order ``lin_t``) take rows
@@ -112,7 +113,8 @@ def compact_state(source: dict, target: dict, keep: dict[str, np.ndarray],
     by ``row_scale[t]`` (one factor per kept row, e.g. OptFS's hard gate) and, for a table in ``dims``, keep
     their first ``dims[t]`` columns, zero-padded to the compact table's width (OptEmbed's prefix mask in a
     table rounded up to a multiple of 4). Keys starting with one of ``own_prefixes`` keep ``target``'s own
-    values (e.g. projections that exist only in the compact model). Every other key of ``target`` is
+    values (e.g. projections that exist only in the compact model). ``scale_first_order``: the kept rows of
+    ``lin_t`` are multiplied by ``row_scale[t]`` too (OptFS's gated first-order weights). Every other key of ``target`` is
     copied from ``source`` and must have the same shape.
 
     Returns:
@@ -138,6 +140,8 @@ def compact_state(source: dict, target: dict, keep: dict[str, np.ndarray],
         if table in keep:
             value = value[torch.as_tensor(keep[table], dtype=torch.long)]
         value = value.clone()
+        if scale_first_order and table in row_scale and name == FIRST_ORDER_PREFIX + table:
+            value = value * torch.as_tensor(row_scale[table], dtype=value.dtype).unsqueeze(-1)
         if table is not None and key.startswith(scaled_prefix) and name == table:
             if table in row_scale:
                 value = value * torch.as_tensor(row_scale[table], dtype=value.dtype).unsqueeze(-1)

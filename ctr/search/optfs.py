@@ -56,18 +56,19 @@ def materialise(ctx: PhaseContext) -> dict:
     rewound = build_model(ctx.model_cfg, layout, cfg)
     checkpoint.load(rewound, found["rewind"])
     with torch.no_grad():  # the gates are the final ones; embeddings and dense layers the rewound ones
-        for table, gate in rewound.embedding.gates.items():
-            gate.copy_(final.embedding.gates[table])
+        rewound.embedding.gate_ebc.load_state_dict(final.embedding.gate_ebc.state_dict())
     keep = {t: normalise_keep(k, layout.table_sizes[t]) for t, k in rewound.embedding.keep_lists().items()}
     scale = {t: rewound.embedding.gate(t, torch.as_tensor(k)).numpy() for t, k in keep.items()}
 
     root = ctx.dir / "compact"
     small, splits = write_compact_data(ctx, artifact, keep, root)
     compact = build_model(ctx.model_cfg, small.layout(), compact_embedding_config(cfg))
-    compact.load_state_dict(compact_state(rewound.state_dict(), compact.state_dict(), keep, scale))
+    compact.load_state_dict(compact_state(rewound.state_dict(), compact.state_dict(), keep, scale,
+                                          scale_first_order=cfg.gate_first_order))
     checkpoint.save(compact, root / "init")
 
-    report = keep_report(keep, layout.table_sizes, {t: int((g.detach() > 0).sum()) for t, g in final.embedding.gates.items()})
+    report = keep_report(keep, layout.table_sizes, {t: int((final.embedding.gate_params(t) > 0).sum())
+                                                    for t in final.embedding.gate_tables})
     (ctx.dir / "keep_lists.json").write_text(json.dumps(
         {t: {"kept_ids": k.tolist(), **report["tables"][t]} for t, k in keep.items()}))
     (ctx.dir / "keep_summary.json").write_text(json.dumps(report, indent=2))

@@ -16,7 +16,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from ctr.config import StrictConfig
-from ctr.embeddings.tables import table_parameters
+from ctr.embeddings.tables import TABLE_OPTIMIZER, table_parameters
 
 SparseOpt = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 FUSED_ON_CPU = ("rowwise_adagrad", "adagrad", "sgd")
@@ -60,14 +60,22 @@ def tables_fused(cfg: OptimConfig, device: torch.device) -> bool:
 
 
 def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
-    """Register the table optimizer in backward (before sharding); FBGEMM fuses it into the TBE kernel."""
+    """Register the table optimizer in backward (before sharding); FBGEMM fuses it into the TBE kernel.
+    A table weight tagged ``weight.ctr_table_optimizer = ("sgd", lr)`` (OptFS's gate tables) gets fused SGD
+    at that ``lr`` instead."""
+    own = [p for p in table_parameters(model) if hasattr(p, TABLE_OPTIMIZER)]
+    for param in own:
+        kind, lr = getattr(param, TABLE_OPTIMIZER)
+        if kind != "sgd":
+            raise ValueError(f"table optimizer override {kind!r}: only 'sgd' is supported")
+        apply_optimizer_in_backward(torch.optim.SGD, [param], {"lr": lr})
     cls, kwargs = {
         "rowwise_adagrad": (trec_optim.RowWiseAdagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
         "adagrad": (torch.optim.Adagrad, {"lr": cfg.sparse_lr, "eps": cfg.sparse_eps}),
         "sgd": (torch.optim.SGD, {"lr": cfg.sparse_lr}),
         "adam": (torch.optim.Adam, {"lr": cfg.sparse_lr}),
     }[cfg.sparse]
-    apply_optimizer_in_backward(cls, table_parameters(model), kwargs)
+    apply_optimizer_in_backward(cls, [p for p in table_parameters(model) if not hasattr(p, TABLE_OPTIMIZER)], kwargs)
 
 
 def _dense_optimizer(cfg: OptimConfig, params, lr: float) -> torch.optim.Optimizer:

@@ -75,22 +75,21 @@ def test_optfs_pipeline_phases_rewind_compact_bundle_and_resume(tmp_path, tracki
     final = _state(spec.model, layout, ticket, phases / "search" / "checkpoints" / "final")
     small = FeatureArtifact.load(phases / "materialise" / "compact" / "features")
     init = _state(spec.model, small.layout(), PlainEmbeddingConfig(), phases / "materialise" / "compact" / "init")
-    assert not torch.equal(snap["embedding.gates.C1"], final["embedding.gates.C1"])
+    gate_key = "embedding.gate_ebc.embedding_bags.{}@gate.weight"
+    assert not torch.equal(snap[gate_key.format("C1")], final[gate_key.format("C1")])
     for key, value in init.items():
         table = table_of(key)
         if table is None:
             assert torch.equal(value, snap[key]), key  # dense layers and numeric vectors: the snapshot's
             continue
         name = table.removeprefix("lin_")
-        gates = final[f"embedding.gates.{name}"]
+        gates = final[gate_key.format(name)][:, 0]  # column 0 is m
         kept = torch.nonzero(gates > 0).flatten()
         kept = torch.unique(torch.cat([torch.zeros(1, dtype=kept.dtype), kept]))
         rows = snap[key][kept]
-        if table.startswith("lin_"):  # first-order rows: gathered, not gated
-            assert torch.equal(value, rows), key
-        else:  # the hard gate 1[m > 0] / σ(m_init) folded into the kept rows
-            scale = (gates[kept] > 0).double() / (1 / (1 + np.exp(-0.5)))
-            torch.testing.assert_close(value.double(), rows.double() * scale.unsqueeze(-1), rtol=1e-6, atol=1e-9)
+        # the hard gate 1[m > 0] / σ(m_init) folded into the kept rows, first-order rows (gated too) included
+        scale = (gates[kept] > 0).double() / (1 / (1 + np.exp(-0.5)))
+        torch.testing.assert_close(value.double(), rows.double() * scale.unsqueeze(-1), rtol=1e-6, atol=1e-9)
 
     # serving: a pruned raw value scores exactly like a value never seen in training
     bundle = load_bundle(summary["bundle"])

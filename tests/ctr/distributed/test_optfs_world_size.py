@@ -1,4 +1,4 @@
-"""OptFS search on 2 Ray/gloo workers = 1 process: losses, replicated gates and the rewind snapshot agree."""
+"""OptFS search on 2 Ray/gloo workers = 1 process: losses, gates (sharded like their rows) and the rewind snapshot agree."""
 
 import dataclasses
 
@@ -19,7 +19,17 @@ def _gates(job, path):
     art = FeatureArtifact.load(job.artifact_dir)
     model = build_model(job.model_cfg, art.layout(), job.embedding_cfg)
     checkpoint.load(model, path)
-    return {t: g.detach().numpy().copy() for t, g in model.embedding.gates.items()}
+    return {t: model.embedding.gate_params(t).numpy().copy() for t in model.embedding.gate_tables}
+
+
+def _placements(plan: str) -> dict[str, tuple[str, str]]:
+    """Table → (sharding type, ranks) from the plan's per-table summary lines ``name | type | kernel | [ranks]``."""
+    out = {}
+    for line in plan.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) == 4 and cells[3].startswith("[") and cells[0] not in out:
+            out[cells[0]] = (cells[1], cells[3])
+    return out
 
 
 def test_two_workers_search_matches_one_process(tiny_prepared, ray_cluster, tmp_path):
@@ -42,6 +52,13 @@ def test_two_workers_search_matches_one_process(tiny_prepared, ray_cluster, tmp_
     assert len(a) == len(b) >= 10
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
     assert two.valid["auc"] == pytest.approx(one.valid["auc"], abs=5e-3)
+    placed = _placements(two.plan)
+    gates = [n for n in placed if n.endswith("@gate")]
+    assert len(gates) == 26 and len({placed[g] for g in gates}) > 1  # spread over both ranks
+    for gate in gates:  # each gate table sits on the rank of its embedding table's rows
+        kind, ranks = placed[gate.removesuffix("@gate")]
+        whole_rows = {"column_wise": "table_wise", "table_column_wise": "table_wise"}  # a column shard has every row
+        assert placed[gate] == (whole_rows.get(kind, kind), ranks), gate
     g1, g2 = _gates(one_job, one.checkpoint_dir), _gates(two_job, two.checkpoint_dir)
     moved = sum(int((g != 0.5).sum()) for g in g1.values())
     assert moved > 0

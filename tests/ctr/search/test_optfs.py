@@ -1,5 +1,6 @@
 """OptFS: continuation schedule, whole-table penalty, hard gates, and the materialised compact model."""
 
+import copy
 import math
 
 import numpy as np
@@ -35,6 +36,30 @@ def _batch(n=64, seed=0):
     return torch.randn(n, 1, generator=g), kjt, ids
 
 
+def _set_gates(emb, table, m):
+    """Write gate parameters ``m`` ([rows]) into column 0 of ``table``'s gate table (optimiser state 0)."""
+    with torch.no_grad():
+        weight = emb.gate_ebc.embedding_bags[emb.gate_tables[table]].weight
+        weight.zero_()
+        weight[:, 0] = torch.as_tensor(m, dtype=torch.float32)
+
+
+def test_gates_are_width_4_tables_with_the_rows_and_keys_of_their_embedding_table():
+    emb = build_model(parse_model_config(MODELS[0]), FieldLayout(SCHEMA, SIZES), OptFSConfig(mask_init=0.3)).embedding
+    configs = {c.name: c for c in emb.gate_ebc.embedding_bag_configs()}
+    base = {c.name: c for c in emb.ebc.embedding_bag_configs()}
+    assert set(configs) == {"a@gate", "b@gate"} and emb.followed_tables() == {"a@gate": "a", "b@gate": "b"}
+    for name, cfg in configs.items():
+        ref = base[name.removesuffix("@gate")]
+        assert cfg.embedding_dim == 4 and cfg.num_embeddings == ref.num_embeddings
+        assert cfg.feature_names == ref.feature_names  # looked up with the same KJT keys and ids
+    from ctr.embeddings.tables import init_plain_tables
+
+    init_plain_tables(emb, seed=3)
+    for table in ("a", "b"):
+        np.testing.assert_array_equal(emb.gate_params(table).numpy(), np.full(SIZES[table], 0.3, np.float32))
+
+
 def test_temperature_grows_geometrically_per_epoch_to_final_temp():
     emb = build_model(parse_model_config(MODELS[0]), FieldLayout(SCHEMA, SIZES),
                       OptFSConfig(search_epochs=5, final_temp=625.0)).embedding
@@ -47,38 +72,83 @@ def test_temperature_grows_geometrically_per_epoch_to_final_temp():
     assert temperature(0, 1, 50.0) == 1.0
 
 
-def test_penalty_sums_sigmoid_over_the_whole_gate_table_in_training_only():
-    cfg = OptFSConfig(search_epochs=3, final_temp=9.0, penalty=1e-3, l2=0.0)
+def test_gate_step_is_adam_on_bce_plus_the_whole_table_penalty():
+    """Three training steps: fused SGD at lr 1 on the gate table captures -dBCE/dm in column 1, then
+    ``table_step`` (here on a table split into two local shards) equals torch's Adam on a dense ``m`` with
+    loss BCE + λ·Σσ(τm) over every row."""
+    from ctr.embeddings.optfs import CAPTURE_LR
+    from ctr.embeddings.tables import TABLE_OPTIMIZER
+
+    cfg = OptFSConfig(search_epochs=3, final_temp=9.0, penalty=1e-2, l2=0.0, gate_first_order=False)
     model = build_model(parse_model_config(MODELS[0]), FieldLayout(SCHEMA, SIZES), cfg)
     emb = model.embedding
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for g in emb.gates.values():
-            g.copy_(torch.as_tensor(rng.normal(size=g.shape[0]), dtype=g.dtype))
+    for table in SIZES:
+        _set_gates(emb, table, rng.normal(size=SIZES[table]))
     emb.start_epoch(1)  # τ = 3
-    dense, kjt, _ = _batch(8)
+    assert emb.stepped_tables() == ["a@gate", "b@gate"]
+    weights = {t: emb.gate_ebc.embedding_bags[emb.gate_tables[t]].weight for t in SIZES}
+    assert all(getattr(w, TABLE_OPTIMIZER) == ("sgd", CAPTURE_LR) for w in weights.values())
+    ref = {t: torch.nn.Parameter(emb.gate_params(t).clone()) for t in SIZES}
+    adam = torch.optim.Adam(list(ref.values()), lr=0.01)
+    penalty = 1e-2 * sum(torch.sigmoid(3.0 * m).sum() for m in ref.values())
+    assert float(emb.penalty()) == pytest.approx(float(penalty), rel=1e-6)
     model.train()
-    model(dense, kjt)  # only rows in the batch are looked up; the penalty still covers every row
-    every = np.concatenate([g.detach().numpy() for g in emb.gates.values()])
-    expected = 1e-3 * np.sum(1 / (1 + np.exp(-3.0 * every)))
-    assert float(emb.regularizer()) == pytest.approx(expected, rel=1e-6)
-    model.eval()
-    model(dense, kjt)
-    assert emb.regularizer() is None
+    for step in range(3):
+        dense, kjt, ids = _batch(16, seed=step)
+        label = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(step)).float()
+        # reference: the same forward with m as a dense parameter (the gates of the looked-up ids)
+        saved = {t: w.detach().clone() for t, w in weights.items()}
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, kjt).squeeze(-1), label)
+        for w in weights.values():
+            w.grad = None
+        loss.backward()
+        with torch.no_grad():  # what the fused SGD (lr 1) does to the gate rows
+            for t, w in weights.items():
+                w.sub_(CAPTURE_LR * w.grad)
+                assert torch.equal(w[:, [0, 2, 3]], saved[t][:, [0, 2, 3]])  # only column 1 moves
+        bce_grads = {t: -weights[t].detach()[:, 1].clone() / CAPTURE_LR for t in SIZES}
+        if step == 0:  # the captured gradient is dBCE/dm: central difference on one looked-up gate
+            row, h = int(bce_grads["b"].abs().argmax()), 1e-4
+            probe = copy.deepcopy(model).double()
+            gate = probe.embedding.gate_ebc.embedding_bags["b@gate"].weight
+            with torch.no_grad():
+                losses = []
+                for delta in (h, -h):
+                    gate[row, 0] = weights["b"][row, 0].double() + delta
+                    losses.append(float(torch.nn.functional.binary_cross_entropy_with_logits(
+                        probe(dense.double(), kjt).squeeze(-1), label.double())))
+            assert abs(float(bce_grads["b"][row])) > 1e-5
+            assert float(bce_grads["b"][row]) == pytest.approx((losses[0] - losses[1]) / (2 * h), rel=1e-3)
+        adam.zero_grad()
+        full = 1e-2 * sum(torch.sigmoid(3.0 * m).sum() for m in ref.values())
+        full.backward()
+        for t, m in ref.items():
+            m.grad += bce_grads[t]
+        adam.step()
+        half = SIZES["a"] // 2
+        emb.table_step({"a@gate": [weights["a"].data[:half], weights["a"].data[half:]],
+                        "b@gate": [weights["b"].data]}, lr=0.01)
+        for t in SIZES:
+            assert torch.equal(weights[t].detach()[:, 1], torch.zeros(SIZES[t]))  # the capture column is reset
+            np.testing.assert_allclose(emb.gate_params(t).numpy(), ref[t].detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert any(bool((g != 0).any()) for g in bce_grads.values())  # the BCE reached the looked-up gates
+    assert emb.regularizer() is None  # the penalty is not a loss term (the fused kernel never sees every row)
+    emb.config = emb.config.model_copy(update={"mode": "ticket"})
+    assert emb.stepped_tables() == []
 
 
 def test_soft_and_hard_gates_scale_looked_up_vectors():
     layout = FieldLayout(SCHEMA, SIZES)
     soft = build_model(parse_model_config(MODELS[0]), layout, OptFSConfig(final_temp=4.0, search_epochs=2)).embedding
     plain = build_model(parse_model_config(MODELS[0]), layout, PlainEmbeddingConfig()).embedding
-    plain.load_state_dict({k: v for k, v in soft.state_dict().items() if not k.startswith("gates.")})
-    with torch.no_grad():
-        soft.gates["a"].copy_(torch.linspace(-1, 1, SIZES["a"]))
+    plain.load_state_dict({k: v for k, v in soft.state_dict().items() if not k.startswith("gate_ebc.")})
+    _set_gates(soft, "a", torch.linspace(-1, 1, SIZES["a"]))
     soft.start_epoch(1)  # τ = 4
     dense, kjt, ids = _batch(16)
     got, ref = soft(dense, kjt), plain(dense, kjt)
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-    m = soft.gates["a"].detach()[ids["a"]].numpy()
+    m = soft.gate_params("a")[ids["a"]].numpy()
     want = np.array([sig(4 * v) / sig(0.5) for v in m])
     np.testing.assert_allclose(got[:, 0].detach().numpy(), ref[:, 0].detach().numpy() * want[:, None], rtol=1e-5)
     np.testing.assert_allclose(got[:, 1].detach().numpy(), ref[:, 1].detach().numpy() * sig(4 * 0.5) / sig(0.5),
@@ -99,15 +169,18 @@ def test_compact_model_predicts_as_the_hard_gated_model(model_raw):
     with torch.no_grad():
         for p in gated.parameters():
             p.copy_(torch.as_tensor(rng.normal(scale=0.3, size=tuple(p.shape)), dtype=p.dtype))
-        gated.embedding.gates["a"][0] = -1.0  # OOV row of "a" pruned: its compact row 0 is zeros
-        gated.embedding.gates["b"][0] = 1.0   # OOV row of "b" kept
+    m_a, m_b = gated.embedding.gate_params("a").clone(), gated.embedding.gate_params("b").clone()
+    m_a[0], m_b[0] = -1.0, 1.0  # OOV row of "a" pruned (its compact row 0 is zeros), OOV row of "b" kept
+    _set_gates(gated.embedding, "a", m_a)
+    _set_gates(gated.embedding, "b", m_b)
     gated.eval()
     emb = gated.embedding
     keep = {t: normalise_keep(k, SIZES[t]) for t, k in emb.keep_lists().items()}
     assert 0 < sum(len(k) for k in keep.values()) < sum(SIZES.values())
     scale = {t: emb.gate(t, torch.as_tensor(k)).numpy() for t, k in keep.items()}
     compact = build_model(model_cfg, FieldLayout(SCHEMA, {t: len(k) for t, k in keep.items()}), PlainEmbeddingConfig())
-    compact.load_state_dict(compact_state(gated.state_dict(), compact.state_dict(), keep, scale))
+    compact.load_state_dict(compact_state(gated.state_dict(), compact.state_dict(), keep, scale,
+                                          scale_first_order=True))
     compact.eval()
     assert compact.embedding.ebc.embedding_bags["a"].weight.shape[0] == len(keep["a"])
     assert float(compact.embedding.ebc.embedding_bags["a"].weight[0].abs().sum()) == 0.0
