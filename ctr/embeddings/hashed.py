@@ -104,7 +104,7 @@ class HashedEmbedding(FieldEmbedding):
             total_rows = config.rows
         else:
             total_rows = hashed_param_budget(layout, dim, config.budget or 1.0, hashed) // dim
-        cards = {t: layout.table_sizes[t] for t in hashed}
+        cards = self._cards = {t: layout.table_sizes[t] for t in hashed}
         weight = sum(cards.values()) or 1
         self.table_rows = {t: max(1, total_rows * cards[t] // weight) for t in hashed}
         sizes = {**layout.table_sizes, **self.table_rows}
@@ -115,6 +115,11 @@ class HashedEmbedding(FieldEmbedding):
         seed = layout.hash_seed
         self._keys = {f.name: (chunk_salt(f.table_name, 0, seed), self.table_rows[f.table_name])
                       for f in layout.schema.sparse_fields if f.table_name in self.table_rows}
+
+    def hashed_share(self) -> float:
+        """Rows of the hashed tables over their collisionless rows (the budget's share of the hashed space)."""
+        collisionless = sum(self._cards.values())
+        return sum(self.table_rows.values()) / collisionless if collisionless else 1.0
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         return self.inner(dense, rehash(sparse, self._keys))

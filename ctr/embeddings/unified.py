@@ -124,6 +124,8 @@ class UnifiedEmbedding(FieldEmbedding):
                     num_embeddings=self.sub_table_rows, feature_names=keys, pooling=PoolingType.SUM,
                     weight_init_min=None if bound is None else -bound, weight_init_max=bound))
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        self._share = (self.sub_table_rows * sum(1 for keys in members if keys) * chunk_dim,
+                       sum(layout.table_sizes[t] for t in hashed) * dim)  # (shared params, collisionless)
         self.project = nn.ModuleDict({
             name: nn.Linear(len(keys) * chunk_dim, dim, bias=False)
             for name, keys in self.feature_chunks.items() if len(keys) * chunk_dim != dim})
@@ -138,6 +140,11 @@ class UnifiedEmbedding(FieldEmbedding):
             jt = jts[field]
             out[key] = JaggedTensor(values=chunk_rows(jt.values(), salt, self.sub_table_rows), lengths=jt.lengths())
         return KeyedJaggedTensor.from_jt_dict(out)
+
+    def hashed_share(self) -> float:
+        """Parameters of the shared space over the hashed tables' collisionless parameters."""
+        shared, collisionless = self._share
+        return shared / collisionless if collisionless else 1.0
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(self.multiplex(sparse)).to_dict()

@@ -66,7 +66,9 @@ def build_model(model_cfg: StrictConfig, layout: FieldLayout, embedding_cfg: Str
     emb_cfg = embedding_cfg if embedding_cfg is not None else PlainEmbeddingConfig()
     method = METHODS[emb_cfg.name][1]
     embedding = method(layout, model_cfg.embedding_dim, emb_cfg, device)
-    first_order = first_order_embedding(layout, device) if needs_first_order(model_cfg) else None
+    share = getattr(embedding, "hashed_share", None)  # hashed/unified: the first-order tables follow the budget
+    first_order = first_order_embedding(layout, device, share() if callable(share) else 1.0) \
+        if needs_first_order(model_cfg) else None
     if first_order is not None and callable(getattr(embedding, "gate_first_order", None)):
         first_order = embedding.gate_first_order(first_order)  # OptFS: a value's gate covers its linear weight
     return model_cls(embedding, first_order, model_cfg)

@@ -20,14 +20,19 @@ FIRST_ORDER_DIM = 4
 FIRST_ORDER_PREFIX = "lin_"
 
 
-def first_order_embedding(layout: FieldLayout, device: torch.device | None = None) -> FieldEmbedding:
+def first_order_embedding(layout: FieldLayout, device: torch.device | None = None,
+                          hashed_share: float = 1.0) -> FieldEmbedding:
     """The width-4 ``lin_`` tables that hold the first-order weights (``device="meta"`` to shard).
 
-    Hash-encoded tables get per-feature hashed first-order tables with the collisionless row count
-    (``hashed`` at budget 1.0), whatever the main embedding method is.
+    Hash-encoded tables get per-feature hashed first-order tables whatever the main embedding method is:
+    ``hashed_share`` of their collisionless rows in all (the share of the hashed tables' collisionless
+    parameters that the main ``hashed``/``unified`` embedding got, so a budget covers the first-order
+    tables too), split in proportion to each table's distinct values; vocabulary tables stay collisionless.
     """
     if layout.hashed_tables:
-        return HashedEmbedding(layout, FIRST_ORDER_DIM, HashedEmbeddingConfig(budget=1.0), device,
+        collisionless = sum(layout.table_sizes[t] for t in layout.hashed_tables)
+        rows = max(len(layout.hashed_tables), round(min(1.0, hashed_share) * collisionless))
+        return HashedEmbedding(layout, FIRST_ORDER_DIM, HashedEmbeddingConfig(rows=rows), device,
                                prefix=FIRST_ORDER_PREFIX)
     return PlainEmbedding(layout, FIRST_ORDER_DIM, PlainEmbeddingConfig(), device, prefix=FIRST_ORDER_PREFIX)
 

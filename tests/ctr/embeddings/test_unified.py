@@ -112,3 +112,27 @@ def test_every_model_trains_on_hashed_ids(model, method):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0] * 0.7
+
+
+@pytest.mark.parametrize("method", ["hashed", "unified"])
+def test_first_order_tables_follow_the_budget(method):
+    """A budget covers the first-order (lin_) tables too: the hashed tables' first-order rows are the same
+    share of their collisionless rows as the main embedding's hashed space; vocabulary tables stay whole."""
+    def lin_rows(net):
+        return {c.name: c.num_embeddings for m in net.modules() if hasattr(m, "embedding_bag_configs")
+                for c in m.embedding_bag_configs() if c.name.startswith("lin_")}
+
+    model = parse_model_config({"name": "deepfm", "embedding_dim": 16, "dnn_hidden": [8]})
+    full = build_model(model, LAYOUT, parse_embedding_config({"name": method, "budget": 1.0}))
+    assert lin_rows(full) == {"lin_u": 1001, "lin_i": 501, "lin_g": 5}
+    for budget in (0.1, 0.5):
+        net = build_model(model, LAYOUT, parse_embedding_config({"name": method, "budget": budget}))
+        share = net.embedding.hashed_share()
+        assert share == pytest.approx(budget, abs=0.02)  # the vocabulary table g takes its exact share
+        rows = lin_rows(net)
+        assert rows["lin_g"] == 5
+        assert rows["lin_u"] + rows["lin_i"] == pytest.approx(share * 1502, abs=2)
+        total = rows["lin_u"] + rows["lin_i"]
+        assert rows["lin_u"] == pytest.approx(total * 1001 / 1502, abs=1)  # split by distinct values
+        ratio = embedding_param_count(net) / embedding_param_count(full)
+        assert ratio == pytest.approx(budget, abs=0.03)  # embedding_params now tracks the budget
