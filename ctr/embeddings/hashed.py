@@ -7,8 +7,10 @@ an id is ``chunk_rows(id, chunk_salt(table, 0), rows_t)``, computed inside the m
 the bundle and the gRPC scorer agree.
 
 Budget: ``budget`` is a fraction of the collisionless parameter count ``Σ_tables (distinct + 1) · D``
-(vocabulary tables included, first-order tables not); the vocabulary tables keep their exact rows
-and the hashed tables share the rest. ``rows`` gives the hashed tables' total rows directly.
+(vocabulary tables included); the vocabulary tables keep their exact rows and the hashed tables share
+the rest. ``rows`` gives the hashed tables' total rows directly. A model's first-order (width-4) tables
+follow: their hashed tables get the same share of their collisionless rows (:meth:`hashed_share`,
+:func:`ctr.models.layers.linear.first_order_embedding`), so ``embedding_params`` tracks the budget.
 """
 
 import torch
