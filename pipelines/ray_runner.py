@@ -10,6 +10,7 @@ checkpoint. The run folder must be on storage every node sees (on one machine it
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +141,12 @@ def _drain(events: Queue, thread: threading.Thread, run: RayRun, on_report, on_s
 
 
 def _first_line(exc: BaseException) -> str:
+    """The worker's own exception line (``SomeError: message``, the last one in Ray's traceback text), else the
+    first line that mentions an error ("Training failed due to worker errors:" alone says nothing)."""
     text = str(exc).strip()
+    raised = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception): \S", line)]
+    if raised:
+        return raised[-1][:500]
     for line in text.splitlines():
         if "Error" in line or "error" in line:
             return line.strip()[:500]

@@ -21,6 +21,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from ctr.config import StrictConfig
 from ctr.embeddings.tables import table_values
+from ctr.errors import ConfigError
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise",
                        "data_parallel"]
@@ -85,9 +86,27 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     follow_placements(plan, {f: b for m in model.modules() if callable(getattr(m, "followed_tables", None))
                              for f, b in m.followed_tables().items()})
+    refuse_uneven_row_wise(model, plan, world)
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
     init_sharded_tables(dmp, tables, seed)
     return dmp
+
+
+def refuse_uneven_row_wise(model: nn.Module, plan, world: int) -> None:
+    """Row-wise sharded pooled tables (``row_wise``/``table_row_wise`` on an ``EmbeddingBagCollection``) need
+    a reduce-scatter whose backward is an uneven all-gather; gloo's all-gather takes equal sizes only, and the
+    loader's per-rank batches differ by up to one block (``ctr.data.loader.rank_rows``), so training would
+    crash in the first backward. Refuse the plan up front with the fix instead (NCCL has no such limit)."""
+    if world <= 1 or dist.get_backend() != "gloo":
+        return
+    bad = sorted(name for path, module_plan in plan.plan.items()
+                 if isinstance(model.get_submodule(path), EmbeddingBagCollection)
+                 for name, ps in module_plan.items() if ps.sharding_type in ("row_wise", "table_row_wise"))
+    if bad:
+        raise ConfigError(f"row-wise sharding of pooled tables {bad[:5]}{' ...' if len(bad) > 5 else ''} on "
+                          f"{world} CPU (gloo) workers: its backward needs equal per-worker batches, which the "
+                          "loader does not guarantee; use table_wise / column_wise / table_column_wise (the "
+                          "default) on CPU, or train on GPUs (NCCL)", "distributed.sharding.types")
 
 
 def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:

@@ -40,11 +40,17 @@ def test_unified_bundle_scores_raw_rows_identically_in_a_fresh_process(tmp_path,
     assert art.hashed_tables and art.hashing["spec"] == "ctr-hash/1"
     assert set(art.vocab["table"].unique().to_list()).isdisjoint(art.hashed_tables)  # no values kept
     # embedding_params: the shared sub-tables and collisionless tables of the 8-wide embedding, plus the
-    # 4-wide first-order tables (hashed at the collisionless row count)
+    # 4-wide first-order tables (vocabulary tables whole, hashed ones at the budget's share of their rows)
     emb = bundle.model.embedding
     vocab_rows = sum(n for t, n in art.table_sizes().items() if t not in art.hashed_tables)
+    hashed_rows = sum(n for t, n in art.table_sizes().items() if t in art.hashed_tables)
+    lin_hashed = sum(c.num_embeddings for m in bundle.model.modules() if hasattr(m, "embedding_bag_configs")
+                     for c in m.embedding_bag_configs() if c.name.startswith("lin_")
+                     and c.name.removeprefix("lin_") in art.hashed_tables)
+    share = 2 * emb.sub_table_rows * 4 / (hashed_rows * 8)
+    assert lin_hashed == pytest.approx(share * hashed_rows, abs=len(art.hashed_tables))
     assert summary["embedding_params"] == (vocab_rows * 8 + 2 * emb.sub_table_rows * 4
-                                           + sum(art.table_sizes().values()) * 4)
+                                           + vocab_rows * 4 + lin_hashed * 4)
 
     from ctr.data.readers import read_file
 

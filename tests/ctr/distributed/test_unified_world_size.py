@@ -1,0 +1,66 @@
+"""Unified Embedding's shared sub-tables: row-wise in one process; refused with the fix on 2 gloo workers
+(TorchRec's row-wise backward is an uneven all-gather, which gloo cannot do); table-wise on 2 workers = 1."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ctr.distributed.worker import run_worker
+from ctr.features.artifact import FeatureArtifact
+from pipelines.stages.train import make_job
+from tests.conftest import tiny_spec_dict
+from tests.ctr.distributed.test_optfs_world_size import _placements
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def unified(tmp_path_factory):
+    from pipelines.spec import build_spec
+    from pipelines.stages import prepare as prepare_stage
+
+    root = tmp_path_factory.mktemp("unified")
+    raw = tiny_spec_dict(root / "synthetic.parquet", root, {"name": "fm", "embedding_dim": 8})
+    raw["features"].update({"encoding": "hash", "hash_min_cardinality": 50})
+    raw["embedding"] = {"name": "unified", "budget": 0.5, "chunks": 2, "chunk_dim": 4, "num_tables": 2}
+    raw["train"].update({"epochs": 2, "patience": 2})
+    spec = build_spec(raw, "tiny", "tiny.yaml")
+    prepared = prepare_stage.run(spec)
+    assert FeatureArtifact.load(prepared.artifact_dir).hashed_tables  # vocabulary-free fields exist
+    return spec, prepared, root
+
+
+def _job(spec, prepared, folder, types):
+    spec = dataclasses.replace(spec, distributed=spec.distributed.model_copy(
+        update={"sharding": spec.distributed.sharding.model_copy(update={"types": types})}))
+    return dataclasses.replace(make_job(spec, prepared, folder), restore_best=False)
+
+
+def test_row_wise_shared_tables_train_in_one_process_and_are_refused_on_two_gloo_workers(unified, ray_cluster):
+    from pipelines.ray_runner import RayRun, RayTrainingError, train_on_ray
+
+    spec, prepared, root = unified
+    one = run_worker(_job(spec, prepared, root / "rw1", ["row_wise"]))
+    placed = _placements(one.plan)
+    assert {placed[n][0] for n in ("unified_0", "unified_1")} == {"row_wise"}
+    assert one.valid["auc"] > 0.5 and np.isfinite(one.fit.step_losses).all()
+    with pytest.raises(RayTrainingError, match=r"ConfigError: distributed.sharding.types: row-wise sharding of "
+                                               r"pooled tables \[.+\] \.\.\. on 2 CPU \(gloo\) workers.*use table_wise"):
+        train_on_ray(_job(spec, prepared, root / "rw2", ["row_wise"]),
+                     RayRun(workers=2, storage=str(root / "ray-rw")))
+
+
+def test_shared_tables_on_two_workers_match_one_process(unified, ray_cluster):
+    from pipelines.ray_runner import RayRun, train_on_ray
+
+    spec, prepared, root = unified
+    one = run_worker(_job(spec, prepared, root / "tw1", None))
+    two = train_on_ray(_job(spec, prepared, root / "tw2", None), RayRun(workers=2, storage=str(root / "ray-tw")))
+    a, b = np.array(one.fit.step_losses), np.array(two.fit.step_losses)
+    assert len(a) == len(b) >= 10
+    np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
+    assert two.valid["auc"] == pytest.approx(one.valid["auc"], abs=5e-3)
+    placed = _placements(two.plan)
+    ranks = {placed[n][1] for n in placed}
+    assert "[0]" in ranks and "[1]" in ranks  # tables spread over both workers
