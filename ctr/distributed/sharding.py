@@ -76,8 +76,10 @@ def _constraints(tables: dict[str, EmbeddingBagConfig], cfg: ShardingConfig, fus
 
 
 def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torch.device,
-                seed: int) -> DistributedModelParallel:
-    """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows."""
+                seed: int, uneven_batches: bool = True) -> DistributedModelParallel:
+    """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows.
+    ``uneven_batches``: the per-rank batches may differ in size (the training loader's do), so row-wise
+    pooled tables are refused on gloo (:func:`refuse_uneven_row_wise`)."""
     tables = table_configs_of(model)
     world = dist.get_world_size()
     sharders = _sharders(model, cfg)
@@ -86,7 +88,8 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     follow_placements(plan, {f: b for m in model.modules() if callable(getattr(m, "followed_tables", None))
                              for f, b in m.followed_tables().items()})
-    refuse_uneven_row_wise(model, plan, world)
+    if uneven_batches:
+        refuse_uneven_row_wise(model, plan, world)
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
     init_sharded_tables(dmp, tables, seed)
     return dmp
