@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ray_scale
 	$(BIN)/python -m benchmarks.serving_latency
 	$(BIN)/python -m benchmarks.step_profile
+	$(BIN)/python -m benchmarks.embedding_methods --seeds 2021 2022 2023
 
 # ctr vs deepctr-torch and torch-rechub on the same encoded data (creates .bench-peers on first use; long)
 bench-peers: $(STAMP)
