@@ -4,7 +4,8 @@ Search mode: the looked-up vector of value ``i`` is scaled by ``g_i = σ(τ·m_i
 objective gains ``λ · Σ σ(τ·m)`` over the **whole** gate table (every table, every row — not the batch;
 see "Updates" below for how it is applied). τ grows geometrically per epoch: ``τ_e = final_temp^(e / (E − 1))`` for
 search epoch ``e = 0 … E−1`` (τ_0 = 1, τ_{E−1} = final_temp). Ticket (retrain) mode: hard gate
-``g_i = 1[m_i > 0] / σ(m_init)`` (the constant keeps the search's scale at τ = 1).
+``g_i = 1[m_i > 0] / σ(m_init)`` (the paper code's constant, kept: a kept value's vector is scaled by
+1/σ(m_init), e.g. 1.62 at m_init 0.5).
 
 The phases (see :mod:`ctr.search`): ``search`` trains this module for ``search_epochs`` epochs and
 snapshots the weights at the start of epoch ``rewind``; ``materialise`` takes the keep-list
