@@ -115,17 +115,23 @@ def refuse_uneven_row_wise(model: nn.Module, plan, world: int) -> None:
 def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:
     """Generate each local shard's rows alone (no rank builds a full table); same values at every world size."""
     with torch.no_grad():
-        for key, value in dmp.state_dict().items():
-            parts = key.split(".")
-            if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in tables:
-                continue
-            cfg = tables[parts[-2]]
-            if isinstance(value, ShardedTensor):
-                for shard in value.local_shards():
-                    (r0, c0), (_, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                    _fill(shard.tensor, cfg, seed, r0, c0, nc)
-            else:
-                _fill(value, cfg, seed, 0, 0, value.shape[1])
+        for table, piece, (r0, c0) in _local_pieces(dmp, set(tables)):
+            _fill(piece, tables[table], seed, r0, c0, piece.shape[1])
+
+
+def _local_pieces(dmp: nn.Module, names: set[str]):
+    """``(table, tensor, (row0, col0))`` for every piece of tables ``names`` this rank holds: each local
+    shard of a sharded table (at its offsets in the whole table), the whole tensor of a replicated or
+    unsharded one. The tensors share the tables' storage, so in-place writes reach the tables."""
+    for key, value in dmp.state_dict(keep_vars=True).items():
+        parts = key.split(".")
+        if len(parts) < 3 or parts[-3] not in ("embedding_bags", "embeddings") or parts[-2] not in names:
+            continue
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                yield parts[-2], shard.tensor, tuple(shard.metadata.shard_offsets)
+        else:
+            yield parts[-2], value.data, (0, 0)
 
 
 def _fill(target: torch.Tensor, cfg, seed: int, row0: int, col0: int, cols: int) -> None:
@@ -140,13 +146,10 @@ def local_table_shards(dmp: nn.Module, names: list[str]) -> dict[str, list[torch
     """This rank's pieces of tables ``names`` (``[rows, cols]`` views that share the tables' storage, so
     in-place updates reach the tables): the local shards of a sharded table, the whole tensor of a
     replicated or unsharded one, nothing where another rank holds the table."""
-    wanted, out = set(names), {n: [] for n in names}
-    for key, value in dmp.state_dict(keep_vars=True).items():
-        parts = key.split(".")
-        if len(parts) < 3 or parts[-3] != "embedding_bags" or parts[-2] not in wanted or parts[-1] != "weight":
-            continue
-        tensors = [s.tensor for s in value.local_shards()] if isinstance(value, ShardedTensor) else [value.data]
-        out[parts[-2]].extend(t for t in tensors if t.numel())
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for table, piece, _ in _local_pieces(dmp, set(names)):
+        if piece.numel():
+            out[table].append(piece)
     return out
 
 

@@ -63,8 +63,8 @@ def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Register the table optimizer in backward (before sharding); FBGEMM fuses it into the TBE kernel.
     A table weight tagged ``weight.ctr_table_optimizer = ("sgd", lr)`` (OptFS's gate tables) gets fused SGD
     at that ``lr`` instead."""
-    own = [p for p in table_parameters(model) if hasattr(p, TABLE_OPTIMIZER)]
-    for param in own:
+    tables = table_parameters(model)
+    for param in (p for p in tables if hasattr(p, TABLE_OPTIMIZER)):
         kind, lr = getattr(param, TABLE_OPTIMIZER)
         if kind != "sgd":
             raise ValueError(f"table optimizer override {kind!r}: only 'sgd' is supported")
@@ -75,7 +75,7 @@ def attach_fused_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
         "sgd": (torch.optim.SGD, {"lr": cfg.sparse_lr}),
         "adam": (torch.optim.Adam, {"lr": cfg.sparse_lr}),
     }[cfg.sparse]
-    apply_optimizer_in_backward(cls, [p for p in table_parameters(model) if not hasattr(p, TABLE_OPTIMIZER)], kwargs)
+    apply_optimizer_in_backward(cls, [p for p in tables if not hasattr(p, TABLE_OPTIMIZER)], kwargs)
 
 
 def _dense_optimizer(cfg: OptimConfig, params, lr: float) -> torch.optim.Optimizer:
