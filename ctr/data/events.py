@@ -1,10 +1,12 @@
 """Event log → DIN samples: one sample per event, its history = the same user's strictly earlier events.
 
 Input: a table of events with a user, an item and a timestamp column (plus the columns a label rule
-reads, e.g. ``rating``), optionally joined with an item table for item side features (e.g. genres).
+reads, e.g. ``rating``), optionally joined with an item table for item side features (e.g. genres)
+and with a user table for user attributes (e.g. age, gender, occupation).
 Output (one row per event, plus ``negatives`` sampled rows per event when asked):
 
 * ``user``, ``item`` and every side column (String): the candidate and its side features,
+* every ``user_side`` column: the user's attributes (one value per user, not part of the history),
 * ``hist_<item>``, ``hist_<side>`` (List(String)): the user's events with a timestamp strictly
   before this event's, oldest first, the last ``max_len`` kept, aligned position by position,
 * ``label`` (Float32 0/1) from the rule (e.g. ``rating >= 4``; sampled negatives are 0),
@@ -63,6 +65,10 @@ class EventsConfig(StrictConfig):
         events (TableFile): how to read the events file (``data.train``).
         items (TableFile | None): item table joined on ``item_key`` for side columns.
         item_key (str | None): item id column of the item table (default: ``item``).
+        users (TableFile | None): user table joined on ``user_key`` for the ``user_side`` columns.
+        user_key (str | None): user id column of the user table (default: ``user``).
+        user_side (list[str]): user attribute columns (from the events or the user table); a user missing
+            from the user table gets nulls (read as missing values).
         user (str): user column. item (str): item column. timestamp (str): event time (integer or date text).
         side (list[str]): item side columns (from the events or the item table), aligned with the history.
         label (str): rule ``column op value`` with op in ``>= <= == != > <``, e.g. ``rating >= 4``.
@@ -75,6 +81,9 @@ class EventsConfig(StrictConfig):
     events: TableFile = TableFile()
     items: TableFile | None = None
     item_key: str | None = None
+    users: TableFile | None = None
+    user_key: str | None = None
+    user_side: list[str] = []
     user: str = "user"
     item: str = "item"
     timestamp: str = "timestamp"
@@ -150,8 +159,14 @@ def din_samples(cfg: EventsConfig, path: str) -> pl.DataFrame:
     _require(events, [cfg.user, cfg.item, cfg.timestamp, label_col], path)
     events = events.with_columns(_timestamps(events, cfg.timestamp, path).alias("_ts"))
     if cfg.items is not None:
-        events = _join_items(events, cfg, path)
-    _require(events, cfg.side, path)
+        events = _join_side(events, cfg.items, cfg.item_key or cfg.item, cfg.item, cfg.side, "item", path)
+    if cfg.users is not None:
+        events = _join_side(events, cfg.users, cfg.user_key or cfg.user, cfg.user, cfg.user_side, "user", path)
+    _require(events, [*cfg.side, *cfg.user_side], path)
+    overlap = sorted(set(cfg.side) & set(cfg.user_side))
+    if overlap:
+        raise ConfigError(f"columns {overlap} are both item side and user side columns: name each once",
+                          "data.events.user_side")
     bad = events.select(pl.col(label_col).cast(pl.Float64, strict=False).is_null() & pl.lit(label_col != "")).to_series()
     if cfg.label.split()[-1][0] not in "'\"" and bad.any():
         row = int(bad.arg_true()[0])
@@ -162,19 +177,20 @@ def din_samples(cfg: EventsConfig, path: str) -> pl.DataFrame:
     return _build(events, cfg)
 
 
-def _join_items(events: pl.DataFrame, cfg: EventsConfig, path: str) -> pl.DataFrame:
-    items_path = cfg.items.path or path
-    items = read_table(cfg.items, items_path)
-    key = cfg.item_key or cfg.item
-    side = [c for c in cfg.side if c not in events.columns]
-    _require(items, [key, *side], items_path)
-    dup = items.get_column(key).is_duplicated()
+def _join_side(events: pl.DataFrame, spec: TableFile, key: str, on: str, columns: list[str], what: str,
+               path: str) -> pl.DataFrame:
+    """Left-join the ``columns`` of a side table (one row per ``what``, keyed by ``key``) onto the events."""
+    table_path = spec.path or path
+    table = read_table(spec, table_path)
+    wanted = [c for c in columns if c not in events.columns]
+    _require(table, [key, *wanted], table_path)
+    dup = table.get_column(key).cast(pl.String).is_duplicated()
     if dup.any():
         row = int(dup.arg_true()[1] if dup.sum() > 1 else dup.arg_true()[0])
-        raise DataError(f"item {items[key][row]!r} appears twice in the item table (side features must be "
-                        "one value per item)", file=items_path, line=int(items[LINE][row]), column=key)
-    items = items.select(pl.col(key).alias(cfg.item), *side)
-    return events.join(items, on=cfg.item, how="left").sort(LINE)
+        raise DataError(f"{what} {table[key][row]!r} appears twice in the {what} table (side features must be "
+                        f"one value per {what})", file=table_path, line=int(table[LINE][row]), column=key)
+    table = table.select(pl.col(key).cast(events.schema[on]).alias(on), *wanted)
+    return events.join(table, on=on, how="left").sort(LINE)
 
 
 def _build(ev: pl.DataFrame, cfg: EventsConfig) -> pl.DataFrame:
@@ -195,7 +211,8 @@ def _build(ev: pl.DataFrame, cfg: EventsConfig) -> pl.DataFrame:
     idx = np.arange(int(lengths.sum())) + np.repeat(hist_start - (np.cumsum(lengths) - lengths), lengths)
     seq_cols = [cfg.item, *cfg.side]
     hists = {f"hist_{c}": _lists(ev.get_column(c).fill_null("").to_numpy()[idx], lengths) for c in seq_cols}
-    out = pl.DataFrame({cfg.user: ev.get_column(cfg.user), **{c: ev.get_column(c) for c in seq_cols},
+    out = pl.DataFrame({cfg.user: ev.get_column(cfg.user), **{c: ev.get_column(c) for c in cfg.user_side},
+                        **{c: ev.get_column(c) for c in seq_cols},
                         **hists, "label": ev.get_column("label"), SPLIT_COLUMN: split, LINE: ev.get_column(LINE)})
     if cfg.negatives:
         out = pl.concat([out, _negatives(out, ev, cfg)], how="vertical")

@@ -45,11 +45,8 @@ class BudgetConfig(StrictConfig):
         return self
 
 
-def hashed_tables_of(layout: FieldLayout, method: str) -> list[str]:
-    """The layout's hash-encoded tables; refuses unpooled histories (not supported by ``method`` yet)."""
-    if layout.schema.history_fields:
-        raise ConfigError(f"embedding {method} does not support unpooled histories (pooling: none) yet; "
-                          "use embedding plain for DIN", "embedding.name")
+def hashed_tables_of(layout: FieldLayout) -> list[str]:
+    """The layout's hash-encoded tables, in schema order."""
     return [t for t in layout.schema.tables if t in set(layout.hashed_tables)]
 
 
@@ -101,7 +98,7 @@ class HashedEmbedding(FieldEmbedding):
     def __init__(self, layout: FieldLayout, dim: int, config: HashedEmbeddingConfig,
                  device: torch.device | None = None, prefix: str = "") -> None:
         super().__init__()
-        hashed = hashed_tables_of(layout, "hashed")
+        hashed = hashed_tables_of(layout)
         if config.rows is not None:
             total_rows = config.rows
         else:
@@ -114,6 +111,7 @@ class HashedEmbedding(FieldEmbedding):
         self.inner = PlainEmbedding(inner, dim, PlainEmbeddingConfig(init_std=config.init_std), device, prefix)
         self.num_fields, self.embedding_dim = self.inner.num_fields, dim
         self.field_names = self.inner.field_names
+        self.history_names, self.candidate_names = self.inner.history_names, self.inner.candidate_names
         seed = layout.hash_seed
         self._keys = {f.name: (chunk_salt(f.table_name, 0, seed), self.table_rows[f.table_name])
                       for f in layout.schema.sparse_fields if f.table_name in self.table_rows}

@@ -91,7 +91,7 @@ class PlainEmbedding(FieldEmbedding):
         self.sparse_names = [f.name for f in schema.sparse_fields]
         self.field_names = self.sparse_names + [f.name for f in schema.numeric_fields]
         self.history_names = [f.name for f in schema.history_fields]
-        self.candidate_names = [_candidate_of(schema, f) for f in schema.history_fields]
+        self.candidate_names = [candidate_of(schema, f) for f in schema.history_fields]
         self.max_len = max([f.max_len for f in schema.history_fields], default=1)
         shared = set(sequence_table_names(schema))
         self.ec_names = [f.name for f in schema.sparse_fields if f.table_name in shared]
@@ -175,7 +175,7 @@ class PlainEmbedding(FieldEmbedding):
         return penalty
 
 
-def _candidate_of(schema, history) -> str:
+def candidate_of(schema, history) -> str:
     """The categorical field sharing ``history``'s table: the candidate the history is compared with."""
     for f in schema.sparse_fields:
         if f.kind == "categorical" and f.table_name == history.table_name:

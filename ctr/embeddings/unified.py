@@ -18,18 +18,20 @@ space gets the remaining ``budget · collisionless`` parameters, split evenly ov
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from ctr.embeddings.base import FieldEmbedding, FieldLayout
+from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields
 from ctr.embeddings.hashed import BudgetConfig, hashed_param_budget, hashed_tables_of
-from ctr.embeddings.plain import NumericFieldEmbedding
+from ctr.embeddings.plain import NumericFieldEmbedding, candidate_of
+from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
 from ctr.embeddings.tables import check_dim, table_configs
 from ctr.errors import ConfigError
 from ctr.features.hashing import chunk_rows, chunk_salt
 
 SUB_TABLE = "unified_{}"
+SEQ_SUB_TABLE = "unified_seq_{}"
 
 
 class UnifiedEmbeddingConfig(BudgetConfig):
@@ -40,6 +42,9 @@ class UnifiedEmbeddingConfig(BudgetConfig):
             to a multiple of 4 (at least 4).
         chunks_per_feature (dict[str, int]): per-feature override of ``chunks``.
         num_tables (int): shared sub-tables (for sharding balance).
+        project (bool): every multiplexed feature reads its concatenated chunks through its own learned
+            ``k_t · chunk_dim → D`` map (per-feature weights on the shared rows, the paper's argument for
+            why inter-feature collisions separate); ``False``: only where the concatenation is not ``D``.
     """
 
     name: str = "unified"
@@ -47,6 +52,7 @@ class UnifiedEmbeddingConfig(BudgetConfig):
     chunk_dim: int | None = None
     chunks_per_feature: dict[str, int] = {}
     num_tables: int = Field(2, ge=1)
+    project: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "UnifiedEmbeddingConfig":
@@ -58,6 +64,12 @@ class UnifiedEmbeddingConfig(BudgetConfig):
 
 class UnifiedEmbedding(FieldEmbedding):
     """Multiplexed lookups into shared sub-tables; output ``[B, F, D]`` (sparse fields, then numeric).
+
+    Behaviour histories (DIN, ``pooling: none``): a hashed table read by a history keeps its chunks in
+    unpooled ``EmbeddingCollection`` sub-tables (``unified_seq_<i>``, in ``chunk_ec``), and the history's ids are
+    multiplexed exactly like its candidate's (same salt per (table, chunk), same sub-table, same
+    projection), so a history item and the candidate item read the same rows. The shared rows are split
+    between the pooled and the unpooled space in proportion to their tables' collisionless rows.
 
     Args:
         layout (FieldLayout): schema, collisionless table sizes and the hash-encoded tables.
@@ -79,7 +91,7 @@ class UnifiedEmbedding(FieldEmbedding):
                  device: torch.device | None = None, prefix: str = "") -> None:
         super().__init__()
         schema = layout.schema
-        hashed = hashed_tables_of(layout, "unified")
+        hashed = hashed_tables_of(layout)
         chunk_dim = config.chunk_dim or max(4, dim // config.chunks // 4 * 4)
         check_dim(chunk_dim, "unified chunk_dim")
         unknown = sorted(set(config.chunks_per_feature) - {f.name for f in schema.sparse_fields})
@@ -89,56 +101,87 @@ class UnifiedEmbedding(FieldEmbedding):
             total_rows = config.rows
         else:
             total_rows = hashed_param_budget(layout, dim, config.budget or 1.0, hashed) // chunk_dim
-        self.sub_table_rows = max(1, total_rows // config.num_tables)
+        seq_tables = set(sequence_table_names(schema))
+        space_of = {t: "seq" if t in seq_tables else "bag" for t in hashed}
+        card = {sp: sum(layout.table_sizes[t] for t in hashed if space_of[t] == sp) for sp in ("bag", "seq")}
+        both = card["bag"] + card["seq"] or 1
+        space_rows = {"bag": total_rows * card["bag"] // both if card["seq"] else total_rows}
+        space_rows["seq"] = total_rows - space_rows["bag"]
+        self.space_rows = {sp: max(1, space_rows[sp] // config.num_tables) for sp in ("bag", "seq") if card[sp]}
+        self.sub_table_rows = self.space_rows.get("bag", self.space_rows.get("seq", 1))
         self.embedding_dim = dim
         self.sparse_names = [f.name for f in schema.sparse_fields]
         self.field_names = self.sparse_names + [f.name for f in schema.numeric_fields]
         self.num_fields = layout.num_fields
-        self.vocab_keys = [f.name for f in schema.sparse_fields if f.table_name not in hashed]
-        self.chunk_keys: list[tuple[str, str, int]] = []  # (chunk key, feature, salt)
+        self.history_names = [f.name for f in schema.history_fields]
+        self.candidate_names = [candidate_of(schema, f) for f in schema.history_fields]
+        self.max_len = max([f.max_len for f in schema.history_fields], default=1)
+        self.table_of = {f.name: f.table_name for f in schema.sparse_fields}
+        vocab_fields = [f for f in schema.fields if not (f.is_sparse and f.table_name in hashed)]
+        self.unpooled = {f.name for f in schema.sparse_fields if f.table_name in seq_tables}  # EC lookups
+        self.vocab_keys = [f.name for f in vocab_fields if f.is_sparse]
+        # chunk c of every field of table t reads sub-table slot[(t, c)]: a global round-robin over (table,
+        # chunk) per space (as the TFRS reference does over features), so the chunks of one feature land in
+        # independent rows, usually of different sub-tables, and a history reads its candidate's rows
+        self.chunk_keys: list[tuple[str, str, int, int]] = []  # (chunk key, field, salt, rows)
         self.feature_chunks: dict[str, list[str]] = {}
-        members: list[list[str]] = [[] for _ in range(config.num_tables)]
-        slot = 0
+        members = {sp: [[] for _ in range(config.num_tables)] for sp in ("bag", "seq")}
+        slot: dict[tuple[str, int], int] = {}
+        taken = {"bag": 0, "seq": 0}
+        widths: dict[str, int] = {}
         for f in schema.sparse_fields:
             if f.table_name not in hashed:
                 continue
-            keys = []
-            for c in range(config.chunks_per_feature.get(f.name, config.chunks)):
+            sp, keys = space_of[f.table_name], []
+            chunks = config.chunks_per_feature.get(f.name, config.chunks)
+            if f.name in self.history_names:  # a history reads as many chunks as its candidate
+                chunks = config.chunks_per_feature.get(candidate_of(schema, f), config.chunks)
+            for c in range(chunks):
+                if (f.table_name, c) not in slot:
+                    slot[(f.table_name, c)] = taken[sp] % config.num_tables
+                    taken[sp] += 1
                 key = f"{f.name}@{c}"
-                self.chunk_keys.append((key, f.name, chunk_salt(f.table_name, c, layout.hash_seed)))
-                members[slot % config.num_tables].append(key)  # global round-robin over features and chunks
-                slot += 1
+                self.chunk_keys.append((key, f.name, chunk_salt(f.table_name, c, layout.hash_seed),
+                                        self.space_rows[sp]))
+                members[sp][slot[(f.table_name, c)]].append(key)
                 keys.append(key)
             self.feature_chunks[f.name] = keys
+            widths.setdefault(f.table_name, len(keys) * chunk_dim)
         bound = None if config.init_std is None else config.init_std * 3 ** 0.5
-        tables = []
-        vocab_fields = [f for f in schema.fields if not (f.is_sparse and f.table_name in hashed)]
+        bag_tables, seq_configs, chunk_configs = [], [], []
         if any(f.is_sparse for f in vocab_fields):
             sub = FieldLayout(schema.model_copy(update={"fields": vocab_fields}),
                               {t: n for t, n in layout.table_sizes.items() if t not in hashed})
-            tables += table_configs(sub, dim, prefix=prefix, init_std=config.init_std)
-        for i, keys in enumerate(members):
-            if keys:
-                tables.append(EmbeddingBagConfig(
-                    name=f"{prefix}{SUB_TABLE.format(i)}", embedding_dim=chunk_dim,
-                    num_embeddings=self.sub_table_rows, feature_names=keys, pooling=PoolingType.SUM,
-                    weight_init_min=None if bound is None else -bound, weight_init_max=bound))
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
-        self._share = (self.sub_table_rows * sum(1 for keys in members if keys) * chunk_dim,
-                       sum(layout.table_sizes[t] for t in hashed) * dim)  # (shared params, collisionless)
-        self.project = nn.ModuleDict({
-            name: nn.Linear(len(keys) * chunk_dim, dim, bias=False)
-            for name, keys in self.feature_chunks.items() if len(keys) * chunk_dim != dim})
+            bags = bag_layout(sub)
+            if bags is not None:
+                bag_tables += table_configs(bags, dim, prefix=prefix, init_std=config.init_std)
+            seq_configs += sequence_table_configs(sub, dim, prefix=prefix, init_std=config.init_std)
+        for sp, kind, name in (("bag", EmbeddingBagConfig, SUB_TABLE), ("seq", EmbeddingConfig, SEQ_SUB_TABLE)):
+            out = bag_tables if sp == "bag" else chunk_configs
+            extra = {"pooling": PoolingType.SUM} if sp == "bag" else {}
+            for i, keys in enumerate(members[sp]):
+                if keys:
+                    out.append(kind(name=f"{prefix}{name.format(i)}", embedding_dim=chunk_dim,
+                                    num_embeddings=self.space_rows[sp], feature_names=keys,
+                                    weight_init_min=None if bound is None else -bound, weight_init_max=bound, **extra))
+        self.ebc = EmbeddingBagCollection(tables=bag_tables, device=device) if bag_tables else None
+        self.ec = EmbeddingCollection(tables=seq_configs, device=device) if seq_configs else None  # width D
+        self.chunk_ec = EmbeddingCollection(tables=chunk_configs, device=device) if chunk_configs else None
+        used = sum(self.space_rows[sp] * sum(1 for keys in members[sp] if keys) for sp in self.space_rows)
+        self._share = (used * chunk_dim, sum(layout.table_sizes[t] for t in hashed) * dim)  # (shared, collisionless)
+        self.project = nn.ModuleDict({  # per table: a history shares its candidate's map
+            table: nn.Linear(width, dim, bias=False)
+            for table, width in widths.items() if config.project or width != dim})
         self.numeric = NumericFieldEmbedding(layout.num_numeric, dim, config.init_std or 0.01) \
             if layout.num_numeric else None
 
     def multiplex(self, sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """Input KJT (64-bit ids of hashed fields) → the EBC's KJT: vocabulary keys, then one key per chunk."""
+        """Input KJT (64-bit ids of hashed fields) → the lookups' KJT: vocabulary keys, then one key per chunk."""
         jts = sparse.to_dict()
         out = {k: jts[k] for k in self.vocab_keys}
-        for key, field, salt in self.chunk_keys:
+        for key, field, salt, rows in self.chunk_keys:
             jt = jts[field]
-            out[key] = JaggedTensor(values=chunk_rows(jt.values(), salt, self.sub_table_rows), lengths=jt.lengths())
+            out[key] = JaggedTensor(values=chunk_rows(jt.values(), salt, rows), lengths=jt.lengths())
         return KeyedJaggedTensor.from_jt_dict(out)
 
     def hashed_share(self) -> float:
@@ -147,15 +190,45 @@ class UnifiedEmbedding(FieldEmbedding):
         return shared / collisionless if collisionless else 1.0
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.ebc(self.multiplex(sparse)).to_dict()
-        vecs = []
+        return self._lookup(dense, sparse)[0]
+
+    def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
+        fields, history, mask = self._lookup(dense, sparse)
+        if not history:  # no unpooled field: an empty history [B, 0, 1, D] with an all-False mask [B, 1]
+            return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
+        return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+
+    def _field_rows(self, name: str, looked: dict) -> torch.Tensor:
+        """A field's vectors before pooling: ``[B, D]`` for a pooled field, ``[n, D]`` for an unpooled one."""
+        if name not in self.feature_chunks:
+            return looked[name].values() if name in self.unpooled else looked[name]
+        parts = [looked[k].values() if name in self.unpooled else looked[k] for k in self.feature_chunks[name]]
+        vec = torch.cat(parts, dim=1)  # chunks concatenated: [., k_t · chunk_dim]
+        table = self.table_of[name]
+        return self.project[table](vec) if table in self.project else vec
+
+    def _lookup(self, dense: torch.Tensor, sparse: KeyedJaggedTensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        kjt = self.multiplex(sparse)
+        looked: dict = {}
+        if self.ebc is not None:
+            looked.update(self.ebc(kjt).to_dict())
+        for ec in (self.ec, self.chunk_ec):  # an EmbeddingCollection holds one width: vocabulary D, chunks
+            if ec is not None:
+                looked.update(ec(kjt))
+        vecs, history, mask = [], [], torch.zeros(0)
         for name in self.sparse_names:
-            if name in self.feature_chunks:
-                vec = torch.cat([pooled[k] for k in self.feature_chunks[name]], dim=1)  # [B, k_t · chunk_dim]
-                vecs.append(self.project[name](vec) if name in self.project else vec)
+            rows = self._field_rows(name, looked)
+            if name in self.history_names:
+                offsets = looked[self.feature_chunks[name][0] if name in self.feature_chunks else name].offsets()
+                padded = torch.ops.fbgemm.jagged_to_padded_dense(rows, [offsets], [self.max_len], 0.0)  # [B, L, D]
+                lengths = offsets[1:] - offsets[:-1]
+                vecs.append(padded.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(padded.dtype))  # masked mean
+                history.append(padded)
+                mask = torch.arange(self.max_len, device=padded.device).unsqueeze(0) < lengths.unsqueeze(-1)
             else:
-                vecs.append(pooled[name])
+                vecs.append(rows)  # pooled [B, D], or one id per row of an unpooled candidate
         parts = [torch.stack(vecs, dim=1)]  # [B, S, D]
         if self.numeric is not None:
             parts.append(self.numeric(dense))
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1), history, mask

@@ -103,6 +103,14 @@ def hash_series(texts: pl.Series, seed: int = 0) -> pl.Series:
     return texts.replace_strict(uniq, codes, return_dtype=pl.Int64)
 
 
+def hash_list_series(lists: pl.Series, seed: int = 0) -> pl.Series:
+    """A List(String) series of canonical tokens → List(Int64) hash ids, element by element (as :func:`hash_series`)."""
+    flat = lists.explode(empty_as_null=False, keep_nulls=False)
+    uniq = flat.unique()
+    codes = pl.Series(hash_texts(uniq.to_list(), seed), dtype=pl.Int64)
+    return lists.list.eval(pl.element().replace_strict(uniq, codes, return_dtype=pl.Int64))
+
+
 def chunk_salt(table: str, chunk: int, seed: int = 0) -> int:
     """Salt of chunk ``chunk`` of ``table`` as a signed int64 (the form a torch tensor holds)."""
     salt = hash_text(f"{table}\x1f{chunk}", seed)

@@ -118,7 +118,10 @@ class RowEncoder:
         out: list[int] = []
         for i, v in enumerate(values):
             tokens = _tokens(f, v, i)[-f.max_len:]
-            out.extend(table.get(t, 0) for t in tokens)
+            if f.table_name in self._hashed:  # vocabulary-free, as the table's categorical field
+                out.extend(hash_texts(tokens, self.artifact.hash_seed))
+            else:
+                out.extend(table.get(t, 0) for t in tokens)
             lengths[i + 1] = len(tokens)
         return np.cumsum(lengths), np.asarray(out, dtype=np.int64)
 

@@ -76,9 +76,9 @@ class FeatureSpec(StrictConfig):
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
         if self.pooling == "none" and self.kind != "sequence":
             raise ValueError(f"pooling: none applies to sequence fields only, not to {self.kind} field {self.name!r}")
-        if self.encoding == "hash" and self.kind != "categorical":
-            raise ValueError(f"encoding: hash applies to categorical fields only, not to {self.kind} field "
-                             f"{self.name!r}")
+        if self.encoding == "hash" and not self.is_sparse:
+            raise ValueError(f"encoding: hash applies to categorical and sequence fields only, not to numeric "
+                             f"field {self.name!r}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         return self
@@ -140,9 +140,10 @@ class Schema(StrictConfig):
         return out
 
     def hash_candidates(self) -> list[str]:
-        """Tables whose fields are all categorical with ``hash`` encoding (their own or the schema's)."""
+        """Tables whose fields are all categorical or sequence fields with ``hash`` encoding (their own or the
+        schema's); a history shares its candidate's table, so both are hashed alike."""
         return [t for t, specs in self.tables.items()
-                if all(s.kind == "categorical" and (s.encoding or self.encoding) == "hash" for s in specs)]
+                if all(s.is_sparse and (s.encoding or self.encoding) == "hash" for s in specs)]
 
     def min_count_of(self, table: str) -> int:
         specs = self.tables[table]

@@ -17,7 +17,7 @@ import polars as pl
 
 from ctr.errors import DataError
 from ctr.features.artifact import FeatureArtifact
-from ctr.features.hashing import hash_series
+from ctr.features.hashing import hash_list_series, hash_series
 from ctr.features.schema import GROUP_COLUMN, LABEL_COLUMN, FeatureSpec
 from ctr.features.values import category_expr, number_expr, rows_to_frame, sequence_expr, unparseable_expr
 
@@ -107,6 +107,10 @@ class FeatureTransform:
             encoded = category_expr(spec.column).map_batches(lambda s: hash_series(s, seed), return_dtype=pl.Int64)
         elif spec.kind == "categorical":
             encoded = category_expr(spec.column).replace_strict(values, ids, default=0, return_dtype=pl.Int64)
+        elif spec.table_name in self._hashed:  # a hashed table's sequence: every token hashed as its candidate
+            seed = self.artifact.hash_seed
+            encoded = sequence_expr(spec.column, dtype, spec.separator).list.tail(spec.max_len).map_batches(
+                lambda s: hash_list_series(s, seed), return_dtype=pl.List(pl.Int64))
         else:
             lookup = pl.element().replace_strict(values, ids, default=0, return_dtype=pl.Int64)
             encoded = sequence_expr(spec.column, dtype, spec.separator).list.tail(spec.max_len).list.eval(lookup)

@@ -9,7 +9,12 @@ def din_prepared(tmp_path_factory):
     from pipelines.spec import build_spec
     from pipelines.stages import prepare as prepare_stage
 
-    root = tmp_path_factory.mktemp("din")
+    spec = build_spec(din_raw(tmp_path_factory.mktemp("din")), "din_tiny", "din_tiny.yaml")
+    return spec, prepare_stage.run(spec)
+
+
+def din_raw(root) -> dict:
+    """A tiny MovieLens-like event log (users with a taste for one genre) under ``root`` and its DIN spec."""
     rng = np.random.default_rng(0)
     users, items = 60, 40
     taste = rng.integers(0, 4, users)
@@ -34,5 +39,4 @@ def din_prepared(tmp_path_factory):
         "train": {"epochs": 1, "batch_size": 128, "eval_batch_size": 512, "progress": False, "seed": 3},
         "output": {"dir": str(root / "runs")},
     }
-    spec = build_spec(raw, "din_tiny", "din_tiny.yaml")
-    return spec, prepare_stage.run(spec)
+    return raw

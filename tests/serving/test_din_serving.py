@@ -17,11 +17,16 @@ pytestmark = pytest.mark.slow
 CONTEXT = ("user", "hist_item", "hist_genres")
 
 
-@pytest.fixture(scope="module")
-def din_bundle(tmp_path_factory):
+EMBEDDINGS = {"plain": {"name": "plain", "init_std": 0.3},
+              "unified": {"name": "unified", "budget": 0.5, "chunks": 2, "chunk_dim": 4, "init_std": 0.3}}
+
+
+@pytest.fixture(scope="module", params=list(EMBEDDINGS))
+def din_bundle(tmp_path_factory, request):
     import torch
 
-    schema = Schema.model_validate({"label": "y", "group": "user", "fields": [
+    hashing = {"encoding": "hash", "hash_min_cardinality": 20} if request.param == "unified" else {}
+    schema = Schema.model_validate({"label": "y", "group": "user", **hashing, "fields": [
         {"name": "user"}, {"name": "item"}, {"name": "genres"},
         {"name": "hist_item", "kind": "sequence", "table": "item", "pooling": "none", "max_len": 6},
         {"name": "hist_genres", "kind": "sequence", "table": "genres", "pooling": "none", "max_len": 6}]})
@@ -38,8 +43,10 @@ def din_bundle(tmp_path_factory):
     artifact = FeatureArtifact.fit(frame, schema)
     torch.manual_seed(0)
     cfg = parse_model_config({"name": "din", "embedding_dim": 8, "dnn_hidden": [16]})
-    emb = parse_embedding_config({"name": "plain", "init_std": 0.3})
+    emb = parse_embedding_config(EMBEDDINGS[request.param])
     model = build_model(cfg, artifact.layout(), emb).eval()
+    if request.param == "unified":  # user and item hashed and multiplexed, history items like the candidate
+        assert artifact.hashed_tables == ["user", "item"] and model.embedding.chunk_ec is not None
     rows = frame.drop("y").head(200).to_dicts()
     path = save_bundle(model, cfg, emb, artifact, tmp_path_factory.mktemp("din") / "bundle", rows[:4])
     return path, rows
@@ -65,5 +72,7 @@ def test_din_served_equals_offline_and_context_path(din_bundle, quant, tol):
             np.testing.assert_allclose(got, c.score(merged).probabilities, atol=1e-6, rtol=0)
             np.testing.assert_allclose(got, bundle.score(merged), atol=tol, rtol=0)
             assert np.unique(got.round(6)).size > 5  # the candidates really differ
+            unseen = [{**rows[0], "hist_item": "never-a|never-b", "hist_genres": "g1|g2", "item": "never-c"}]  # new
+            np.testing.assert_allclose(c.score(unseen).probabilities, bundle.score(unseen), atol=tol, rtol=0)
     finally:
         srv.stop(0)

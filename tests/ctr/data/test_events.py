@@ -82,6 +82,26 @@ def test_side_columns_from_item_table_stay_aligned(log_file, tmp_path):
     assert rows["d"]["genre"] == "x" and rows["e"]["hist_genre"] == ["x", "y", "z", "x"]
 
 
+def test_user_attributes_from_user_table_on_every_row_and_negative(log_file, tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("u1|24|M\nu9|50|F\n")  # u2 is missing from the user table
+    cfg = _cfg(users={"path": str(users), "separator": "|", "has_header": False, "columns": ["who", "age", "sex"]},
+               user_key="who", user_side=["age", "sex"], negatives=1)
+    df = din_samples(cfg, log_file)
+    assert df.height == 16 and {"age", "sex"} <= set(df.columns) and "hist_age" not in df.columns
+    u1 = df.filter(pl.col("user") == "u1")
+    assert u1["age"].to_list() == ["24"] * 10 and u1["sex"].unique().to_list() == ["M"]  # negatives keep them
+    assert df.filter(pl.col("user") == "u2")["age"].is_null().all()  # unknown user: missing, not dropped
+    users.write_text("u1|24|M\nu2|30|F\nu1|25|M\n")
+    with pytest.raises(DataError, match="user 'u1' appears twice in the user table") as exc:
+        din_samples(cfg, log_file)
+    assert exc.value.line == 3 and exc.value.file == str(users)
+    with pytest.raises(DataError, match="'height'"):
+        din_samples(cfg.model_copy(update={"user_side": ["height"]}), log_file)
+    with pytest.raises(ConfigError, match="both item side and user side"):
+        din_samples(_cfg(side=["rating"], user_side=["rating"]), log_file)
+
+
 def test_sampled_negatives_are_untouched_items_and_seeded(log_file):
     a = din_samples(_cfg(negatives=2, negative_seed=3), log_file)
     b = din_samples(_cfg(negatives=2, negative_seed=3), log_file)

@@ -29,7 +29,7 @@ def kjt(g=(1, 4, 0)):
 
 
 def test_unified_budget_chunks_round_robin_and_lookup():
-    cfg = UnifiedEmbeddingConfig(budget=0.5, chunks=2, chunk_dim=8, num_tables=2)
+    cfg = UnifiedEmbeddingConfig(budget=0.5, chunks=2, chunk_dim=8, num_tables=2, project=False)
     emb = UnifiedEmbedding(LAYOUT, 16, cfg)
     # budget: 0.5 * 1507 * 16 params; the collisionless g table keeps 5 * 16; the rest in 8-wide rows
     rows_total = (int(0.5 * 1507 * 16) - 5 * 16) // 8
@@ -57,9 +57,15 @@ def test_unified_per_feature_chunks_and_projection():
     cfg = UnifiedEmbeddingConfig(rows=400, chunks=2, chunk_dim=8, num_tables=3, chunks_per_feature={"u": 3})
     emb = UnifiedEmbedding(LAYOUT, 16, cfg)
     assert emb.feature_chunks == {"u": ["u@0", "u@1", "u@2"], "i": ["i@0", "i@1"]}
-    assert list(emb.project) == ["u"] and emb.project["u"].in_features == 24
+    assert list(emb.project) == ["u", "i"]  # every multiplexed feature reads its chunks through its own map
+    assert emb.project["u"].in_features == 24 and emb.project["i"].in_features == 16
     assert emb.sub_table_rows == 400 // 3
-    assert emb(torch.zeros(3, 1), kjt()).shape == (3, 4, 16)
+    out = emb(torch.zeros(3, 1), kjt())
+    assert out.shape == (3, 4, 16)
+    raw = emb.ebc(emb.multiplex(kjt())).to_dict()
+    torch.testing.assert_close(out[:, 1], emb.project["i"](torch.cat([raw["i@0"], raw["i@1"]], dim=1)))
+    no_proj = UnifiedEmbedding(LAYOUT, 16, cfg.model_copy(update={"project": False}))
+    assert list(no_proj.project) == ["u"]  # only where the concatenation is not D wide
 
 
 def test_hashed_budget_split_by_cardinality_and_lookup():
