@@ -34,6 +34,7 @@ bench: $(STAMP)
 # ctr vs deepctr-torch and torch-rechub on the same encoded data (creates .bench-peers on first use; long)
 bench-peers: $(STAMP)
 	$(BIN)/python -m benchmarks.peer_compare --mlflow-experiment ctr-bench-peers
+	$(BIN)/python -m benchmarks.peer_compare --data movielens --models din --name peers_din --mlflow-experiment ctr-bench-peers
 	$(BIN)/python -m benchmarks.scale_sweep
 
 bench-serving: $(STAMP)

@@ -15,6 +15,7 @@ gives mean ± std over seeds and ctr's throughput ratio to each peer. Writes
 
     python -m benchmarks.peer_compare [--data frappe criteo] [--models deepfm autoint_plus]
         [--seeds 2021 2022 2023] [--systems ctr deepctr rechub] [--max-epochs N]
+    python -m benchmarks.peer_compare --data movielens --models din --name peers_din   # DIN, MovieLens-100k
 """
 
 import argparse
@@ -32,7 +33,9 @@ PEER_VENV = ROOT / ".bench-peers"
 PEER_REQS = ROOT / "benchmarks/peers/requirements.txt"
 RESULTS = ROOT / "benchmarks/results"
 DATA = {"frappe": "pipelines/examples/frappe.yaml", "criteo": "pipelines/examples/criteo_sample.yaml",
-        "synthetic_1m": "pipelines/examples/synthetic_1m.yaml"}  # ≥ 10^6 embedding rows, 1 epoch
+        "synthetic_1m": "pipelines/examples/synthetic_1m.yaml",  # ≥ 10^6 embedding rows, 1 epoch
+        "movielens": "pipelines/examples/din_ml100k.yaml"}  # behaviour histories: model din only
+MODELS_OF = {"movielens": ["din"]}  # data sets whose pipeline has only some models (default: deepfm, autoint_plus)
 CTR_AUTOINT = {
     False: "AutoInt+ runs the `paper` interacting block (no bias/ReLU on Q/K/V/W_Res, no LayerNorm) with per-head "
            "width d' = D / heads, the block both peers implement (`--reference-autoint` keeps the pipeline's own)",
@@ -43,6 +46,15 @@ DIFFERENCES = {
                "ctr's in-batch L2",
     "rechub": "Adam on every parameter incl. tables, no embedding L2; its MLP always has batch norm; attention "
               "scores scaled by 1/sqrt(d'); dense fields as Linear(1, D)",
+}
+DIN_DIFFERENCES = {
+    "deepctr": "DIN: Adam on every parameter incl. tables; Dice in the attention MLP and ReLU in the tower (ctr: the "
+               "pipeline's activation in both); whole-table L2 1e-6 (its default) instead of ctr's mini-batch aware "
+               "L2; masked softmax over the history as the pipeline",
+    "rechub": "DIN: Adam on every parameter incl. tables; Dice in the attention MLP and in the tower (fixed by its "
+              "DIN), batch norm in both; padded "
+              "history positions are not masked (they read a learnable padding row, inside the softmax); no "
+              "embedding regularisation",
 }
 
 
@@ -70,6 +82,8 @@ def hparams(spec, model: str, max_epochs: int | None) -> dict:
     return {"embedding_dim": m.embedding_dim, "dnn_hidden": list(getattr(m, "dnn_hidden", [])),
             "dnn_dropout": getattr(m, "dnn_dropout", 0.0), "dnn_batchnorm": getattr(m, "dnn_batchnorm", False),
             "attention_layers": getattr(m, "attention_layers", 0), "num_heads": getattr(m, "num_heads", 1),
+            "attention_hidden": list(getattr(m, "attention_hidden", [])),
+            "attention_softmax": getattr(m, "attention_softmax", False),
             "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "lr": t.optimizer.lr,
             "epochs": min(t.epochs, max_epochs or t.epochs), "patience": t.patience, "monitor": t.monitor}
 
@@ -80,7 +94,14 @@ def dataset_file(spec, out: Path) -> Path:
 
     prepared = prepare_stage.run(spec)
     schema, sizes = prepared.artifact.schema, prepared.artifact.table_sizes()
-    doc = {"sparse": [{"name": f.name, "rows": sizes[f.table_name]} for f in schema.sparse_fields],
+    pooled = [f.name for f in schema.sparse_fields if f.kind == "sequence" and f.pooling != "none"]
+    if pooled:
+        raise SystemExit(f"peer_compare: pooled sequence fields {pooled} have no peer equivalent here")
+    cands = {f.table_name: f.name for f in schema.sparse_fields if f.kind == "categorical"}
+    doc = {"sparse": [{"name": f.name, "rows": sizes[f.table_name]} for f in schema.sparse_fields
+                      if f.kind == "categorical"],
+           "sequences": [{"name": f.name, "rows": sizes[f.table_name], "max_len": f.max_len,
+                          "candidate": cands[f.table_name]} for f in schema.history_fields],
            "dense": [f.name for f in schema.numeric_fields], "label": "_label",
            "splits": {s: str(Path(p) / "*.parquet") for s, p in prepared.split_paths.items()},
            "rows": prepared.rows}
@@ -154,20 +175,25 @@ def markdown(rows: list[dict], note: str, reference_autoint: bool = False) -> st
                      f"{r['logloss']:.4f} ± {r['logloss_std']:.4f} | {r['train_examples_per_s']:.0f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} | {r['first_epoch_end_s']:.1f} | {r['best_epoch']:.1f} |")
     lines += ["", "How each peer differs from ctr's settings (everything else is the pipeline's):", ""]
-    lines += [f"* **{k}**: {v}" for k, v in DIFFERENCES.items()]
-    lines += ["* **ctr**: FBGEMM fused row-wise Adagrad on the tables (`sparse_lr`), Adam on dense weights; "
-              + CTR_AUTOINT[reference_autoint]]
+    if any(r["model"] != "din" for r in rows):
+        lines += [f"* **{k}**: {v}" for k, v in DIFFERENCES.items()]
+    if any(r["model"] == "din" for r in rows):
+        lines += [f"* **{k}** {v}" for k, v in DIN_DIFFERENCES.items()]
+    autoint = "; " + CTR_AUTOINT[reference_autoint] if any(r["model"].startswith("autoint") for r in rows) else ""
+    lines += ["* **ctr**: FBGEMM fused row-wise Adagrad on the tables (`sparse_lr`), Adam on dense weights" + autoint]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
-    ap.add_argument("--models", nargs="+", default=["deepfm", "autoint_plus"])
+    ap.add_argument("--models", nargs="+", default=["deepfm", "autoint_plus"],
+                    help="models to run where the data's pipeline has them (movielens: din)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[2021, 2022, 2023])
     ap.add_argument("--systems", nargs="+", default=["ctr", "deepctr", "rechub"])
     ap.add_argument("--max-epochs", type=int, default=None, help="cap every system's epochs (quick runs)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--name", default="peers", help="stem of the result files (e.g. peers_din)")
     ap.add_argument("--mlflow-experiment", default=None)
     ap.add_argument("--reference-autoint", action="store_true",
                     help="ctr's AutoInt+ keeps the pipeline's reference block instead of the peers' architecture")
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ctr-peers-") as tmp_name:
         tmp = Path(tmp_name)
         for data in args.data:
-            for model in args.models:
+            for model in [m for m in args.models if m in MODELS_OF.get(data, ["deepfm", "autoint_plus"])]:
                 spec = load_spec(str(ROOT / DATA[data]), experiment=model)
                 dataset = dataset_file(spec, tmp)
                 hp = hparams(spec, model, args.max_epochs)
@@ -201,16 +227,16 @@ def main(argv: list[str] | None = None) -> None:
             + (f", epochs capped at {args.max_epochs}" if args.max_epochs else "")
             + f"; load average at the end {os.getloadavg()[0]:.1f}")
     text = markdown(rows, note, args.reference_autoint)
-    (out / "peers.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))
-    (out / "peers.md").write_text(text)
+    (out / f"{args.name}.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))
+    (out / f"{args.name}.md").write_text(text)
     print(text)
     if args.mlflow_experiment:
         import mlflow
 
         mlflow.set_experiment(args.mlflow_experiment)
         with mlflow.start_run(run_name="peers"):
-            mlflow.log_text(text, "peers.md")
-            mlflow.log_dict({"rows": rows, "runs": runs}, "peers.json")
+            mlflow.log_text(text, f"{args.name}.md")
+            mlflow.log_dict({"rows": rows, "runs": runs}, f"{args.name}.json")
 
 
 if __name__ == "__main__":

@@ -29,24 +29,49 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 
 def load(dataset: dict, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Encoded split → model inputs. With behaviour histories (DIN) every id is shifted by one so that 0 is
+    the padding both peers mask (ctr's id 0, the OOV row, becomes 1); a history is ``[N, max_len]``,
+    left-aligned and zero-padded, with its length in ``<name>_len``."""
     frame = pl.read_parquet(dataset["splits"][split])
-    x = {f["name"]: frame.get_column(f["name"]).to_numpy().astype(np.int64) for f in dataset["sparse"]}
+    shift = 1 if dataset.get("sequences") else 0
+    x = {f["name"]: frame.get_column(f["name"]).to_numpy().astype(np.int64) + shift for f in dataset["sparse"]}
+    for f in dataset.get("sequences", []):
+        lists = frame.get_column(f["name"])
+        lengths = lists.list.len().to_numpy().astype(np.int64)
+        flat = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64) + shift
+        padded = np.zeros((len(lengths), f["max_len"]), dtype=np.int64)
+        padded[np.arange(f["max_len"]) < lengths[:, None]] = flat  # row-major fill: each row's first ids
+        x[f["name"]], x[f"{f['name']}_len"] = padded, lengths
     x.update({name: frame.get_column(name).to_numpy().astype(np.float32) for name in dataset["dense"]})
     return x, frame.get_column(dataset["label"]).to_numpy().astype(np.float32)
 
 
+def peer_rows(dataset: dict, field: dict) -> int:
+    """Embedding rows a peer's table needs (one more with histories: row 0 is the padding)."""
+    return field["rows"] + (1 if dataset.get("sequences") else 0)
+
+
 class DeepCTR:
-    """deepctr-torch (``DeepFM``, ``AutoInt``; AutoInt+ = AutoInt with a DNN) through its ``fit``/``predict``."""
+    """deepctr-torch (``DeepFM``, ``AutoInt``, ``DIN``; AutoInt+ = AutoInt with a DNN) through ``fit``/``predict``."""
 
     def __init__(self, dataset: dict, model: str, hp: dict, seed: int) -> None:
-        from deepctr_torch.inputs import DenseFeat, SparseFeat
-        from deepctr_torch.models import AutoInt, DeepFM
+        from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
+        from deepctr_torch.models import DIN, AutoInt, DeepFM
 
-        cols = [SparseFeat(f["name"], vocabulary_size=f["rows"], embedding_dim=hp["embedding_dim"])
+        cols = [SparseFeat(f["name"], vocabulary_size=peer_rows(dataset, f), embedding_dim=hp["embedding_dim"])
                 for f in dataset["sparse"]] + [DenseFeat(name, 1) for name in dataset["dense"]]
+        cols += [VarLenSparseFeat(SparseFeat(f["name"], vocabulary_size=peer_rows(dataset, f),
+                                             embedding_dim=hp["embedding_dim"], embedding_name=f["candidate"]),
+                                  maxlen=f["max_len"], length_name=f"{f['name']}_len")
+                 for f in dataset.get("sequences", [])]
         common = dict(dnn_hidden_units=tuple(hp["dnn_hidden"]), dnn_dropout=hp["dnn_dropout"],
                       dnn_use_bn=hp["dnn_batchnorm"], seed=seed, device="cpu")
-        if model == "deepfm":
+        if model == "din":  # histories are matched to candidates by deepctr's naming rule: hist_<candidate>
+            assert all(f["name"] == f"hist_{f['candidate']}" for f in dataset["sequences"]), dataset["sequences"]
+            self.model = DIN(cols, [f["candidate"] for f in dataset["sequences"]],
+                             att_hidden_size=tuple(hp["attention_hidden"]), att_activation="Dice",
+                             att_weight_normalization=hp["attention_softmax"], **common)
+        elif model == "deepfm":
             self.model = DeepFM(cols, cols, **common)
         elif model == "autoint_plus":
             self.model = AutoInt(cols, cols, att_layer_num=hp["attention_layers"], att_head_num=hp["num_heads"],
@@ -64,19 +89,30 @@ class DeepCTR:
 
 
 class RecHub:
-    """torch-rechub (``DeepFM``, ``AutoInt`` with an MLP = AutoInt+) through ``CTRTrainer``'s epoch step."""
+    """torch-rechub (``DeepFM``, ``AutoInt`` with an MLP = AutoInt+, ``DIN``) through ``CTRTrainer``'s epoch step."""
 
     def __init__(self, dataset: dict, model: str, hp: dict, seed: int) -> None:
-        from torch_rechub.basic.features import DenseFeature, SparseFeature
-        from torch_rechub.models.ranking import AutoInt, DeepFM
+        from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
+        from torch_rechub.models.ranking import DIN, AutoInt, DeepFM
         from torch_rechub.trainers import CTRTrainer
 
         torch.manual_seed(seed)
-        sparse = [SparseFeature(f["name"], vocab_size=f["rows"], embed_dim=hp["embedding_dim"])
+        sparse = [SparseFeature(f["name"], vocab_size=peer_rows(dataset, f), embed_dim=hp["embedding_dim"])
                   for f in dataset["sparse"]]
         dense = [DenseFeature(name) for name in dataset["dense"]]
         mlp = {"dims": list(hp["dnn_hidden"]), "dropout": hp["dnn_dropout"], "activation": "relu"}
-        if model == "deepfm":
+        if model == "din":
+            seqs = dataset["sequences"]
+            cands = {f["candidate"] for f in seqs}
+            history = [SequenceFeature(f["name"], vocab_size=peer_rows(dataset, f), embed_dim=hp["embedding_dim"],
+                                       pooling="concat", shared_with=f["candidate"]) for f in seqs]
+            target = [s for s in sparse if s.name in cands]
+            target.sort(key=lambda s: [f["candidate"] for f in seqs].index(s.name))  # aligned with history
+            tower = {"dims": mlp["dims"], "dropout": mlp["dropout"]}  # its DIN fixes the tower's activation: Dice
+            self.model = DIN([s for s in sparse if s.name not in cands] + dense, history, target, mlp_params=tower,
+                             attention_mlp_params={"dims": list(hp["attention_hidden"]), "activation": "dice",
+                                                   "use_softmax": hp["attention_softmax"]})
+        elif model == "deepfm":
             self.model = DeepFM(deep_features=sparse + dense, fm_features=sparse, mlp_params=mlp)
         elif model == "autoint_plus":
             self.model = AutoInt(sparse, dense, num_layers=hp["attention_layers"], num_heads=hp["num_heads"],
@@ -115,7 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--system", choices=["deepctr", "rechub"], required=True)
-    ap.add_argument("--model", choices=["deepfm", "autoint_plus"], required=True)
+    ap.add_argument("--model", choices=["deepfm", "autoint_plus", "din"], required=True)
     ap.add_argument("--seed", type=int, default=2021)
     ap.add_argument("--hparams", required=True, help="JSON: embedding_dim, dnn_hidden, dnn_dropout, ...")
     args = ap.parse_args()

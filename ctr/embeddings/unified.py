@@ -3,10 +3,13 @@
 Every hash-encoded feature ``t`` reads ``k_t`` chunks (``chunks``, or ``chunks_per_feature[t]``);
 chunk ``c`` is its own KJT key ``"<feature>@<c>"``, hashed with the salt of (table, chunk)
 (:func:`ctr.features.hashing.chunk_salt`) into one of ``num_tables`` shared sub-tables of width
-``chunk_dim``, assigned round-robin over all features and chunks (as the TFRS reference does), so
-the chunks of one feature land in independent rows, usually of different sub-tables. The chunks
-are concatenated per feature to ``k_t · chunk_dim``; a feature whose concatenation is not the
-model width ``D`` gets a learned ``k_t · chunk_dim → D`` projection. Vocabulary-encoded tables
+``chunk_dim``, assigned round-robin over all (table, chunk) pairs (as the TFRS reference does over
+features and chunks), so the chunks of one feature land in independent rows, usually of different
+sub-tables. The chunks are concatenated per feature to ``k_t · chunk_dim`` and read through the
+table's own learned ``k_t · chunk_dim → D`` projection (``project: true``, the default; with
+``false`` only where the concatenation is not ``D`` wide). Measured on MovieLens-100k DeepFM at 50%
+of the collisionless parameters (seeds 2021–2023): the projection adds +0.004 AUC in each seed, and 6
+chunks of 8 beat 2 chunks of 8 (README, "Vocabulary-free tables"). Vocabulary-encoded tables
 (low-cardinality fields: ``features.hash_min_cardinality``) stay collisionless tables of width D.
 Sub-tables are a systems knob (sharding balance): the salts do not depend on them.
 
