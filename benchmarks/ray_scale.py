@@ -86,7 +86,7 @@ def _big_table_rank(rank: int, world: int, args, port: int, out: str) -> None:
     attach_fused_optimizer(model, OptimConfig())
     before = _rss_mb()
     dmp = shard_model(model, ShardingConfig(types=["row_wise"] if world > 1 else ["table_wise"]), True,
-                      torch.device("cpu"), seed=1, uneven_batches=False)  # every rank looks up 512 ids
+                      torch.device("cpu"), seed=1)  # every rank looks up 512 ids
     gen = torch.Generator().manual_seed(rank)
     for _ in range(5):
         ids = torch.randint(0, args.table_rows, (512,), generator=gen)

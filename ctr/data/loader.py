@@ -16,6 +16,13 @@ size. Shares are unequal by up to one block, so each batch carries ``loss_rows =
 the summed loss divided by it, averaged over ranks (what DMP's gradient averaging does), is the
 global batch's mean loss, exactly as at world size 1.
 
+Equal per-rank batches (``equal_batches=True``): row-wise sharded pooled tables on gloo need every
+rank's batch to have the same size (their backward is an all-gather that gloo cannot do unevenly).
+Every rank knows every rank's share of every step (it depends only on the split's row count), so a
+rank whose share is short repeats one of its rows up to the step's largest share and gives the
+repeats weight 0 (``Batch.weights``): the loss, its gradient and the set of looked-up rows are those
+of the unpadded batch (only batch statistics, e.g. batch norm or Dice, see the repeats).
+
 Evaluation order (``shuffle=False``) is the file order: at world size 1 consecutive slices of
 ``batch_size`` rows; with ``N`` ranks each rank cuts its own range into the same number of steps
 (sharded tables need every rank in every forward), and gathering in rank order restores file order.
@@ -68,14 +75,17 @@ def _block_steps(starts: np.ndarray, block: int, steps: int) -> np.ndarray:
     return (np.arange(size, dtype=np.int64) * steps // size + rotation) % steps
 
 
-def _step_rows(starts: np.ndarray, steps: int, chunk_rows: int = 1 << 20) -> np.ndarray:
-    """Rows of every global step over all blocks (``[steps]``, sums to the split's rows), in bounded memory."""
+def _step_rows(starts: np.ndarray, steps: int, chunk_rows: int = 1 << 20,
+               blocks: tuple[int, int] | None = None) -> np.ndarray:
+    """Rows of every global step over all blocks, or blocks ``[first, stop)`` (``[steps]``; over all
+    blocks it sums to the split's rows), in bounded memory."""
     total = np.zeros(steps, dtype=np.int64)
+    first, stop = blocks or (0, len(starts) - 1)
     parts, held = [], 0
-    for b in range(len(starts) - 1):
+    for b in range(first, stop):
         parts.append(_block_steps(starts, b, steps))
         held += len(parts[-1])
-        if held >= chunk_rows or b == len(starts) - 2:
+        if held >= chunk_rows or b == stop - 1:
             total += np.bincount(np.concatenate(parts), minlength=steps)
             parts, held = [], 0
     return total
@@ -95,6 +105,8 @@ class BatchIterator:
         world_size (int): number of ranks.
         device (torch.device | None): move each batch there (``None``: leave it on the CPU).
         total_rows (int | None): rows of the whole split when ``columns`` holds only this rank's share.
+        equal_batches (bool): pad every step's share to the step's largest share over ranks with weight-0
+            repeats of a local row (see the module docstring); needs at least one row on every rank.
 
     Example::
 
@@ -109,11 +121,15 @@ class BatchIterator:
 
     def __init__(self, columns: EncodedColumns, batch_size: int, shuffle: bool, seed: int,
                  rank: int = 0, world_size: int = 1, device: torch.device | None = None,
-                 total_rows: int | None = None) -> None:
+                 total_rows: int | None = None, equal_batches: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n = len(columns) if total_rows is None else int(total_rows)
         self.lo, self.hi = rank_rows(self.n, rank, world_size)
+        self.equal_batches = equal_batches and world_size > 1
+        if self.equal_batches and self.hi == self.lo:
+            raise ValueError(f"rank {rank} of {world_size} holds no rows of a {self.n}-row split, so it cannot pad "
+                             "its batches to equal size; use fewer workers for this little data")
         self.offset = 0 if total_rows is not None else self.lo  # row lo of the split is columns[offset]
         if total_rows is not None and len(columns) != self.hi - self.lo:
             raise ValueError(f"rank {rank} of {world_size} holds rows [{self.lo}, {self.hi}) of {self.n}, "
@@ -164,10 +180,35 @@ class BatchIterator:
         for i in range(steps):
             yield order[bounds[i]:bounds[i + 1]], float(global_rows[i]) / self.world_size
 
+    def rank_step_rows(self, rank: int) -> np.ndarray:
+        """Rows of ``rank``'s share of every step (``[len(self)]``), as :meth:`local_batches` cuts them."""
+        steps = len(self)
+        if self.world_size == 1:
+            return np.diff(np.minimum(np.arange(steps + 1, dtype=np.int64) * self.batch_size, self.n))
+        if not self.shuffle:
+            lo, hi = rank_rows(self.n, rank, self.world_size)
+            return np.diff(np.arange(steps + 1, dtype=np.int64) * (hi - lo) // steps)
+        return _step_rows(block_starts(self.n), steps, blocks=rank_blocks(self.n, rank, self.world_size))
+
     def __iter__(self) -> Iterator[Batch]:
+        target = None
+        if self.equal_batches:  # every rank's share of each step, the same on every rank
+            target = np.max([self.rank_step_rows(r) for r in range(self.world_size)], axis=0)
         for i, (rows, loss_rows) in enumerate(self.local_batches()):
             if i < self.skip:
                 continue
+            pad = 0 if target is None else int(target[i]) - _count(rows)
+            if pad:
+                rows = np.asarray(rows if isinstance(rows, np.ndarray) else np.arange(rows.start, rows.stop))
+                first = int(rows[0]) if len(rows) else self.offset  # a local row to repeat (weight 0)
+                real = len(rows)
+                rows = np.concatenate([rows, np.full(pad, first, dtype=np.int64)])
             batch = self.columns.batch(rows)
             batch.loss_rows = loss_rows
+            if pad:
+                batch.weights = (torch.arange(real + pad) < real).to(torch.float32)
             yield batch if self.device is None else batch.to(self.device)
+
+
+def _count(rows: np.ndarray | slice) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)

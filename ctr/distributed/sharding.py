@@ -21,7 +21,6 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from ctr.config import StrictConfig
 from ctr.embeddings.tables import table_values
-from ctr.errors import ConfigError
 
 ShardingType = Literal["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise",
                        "data_parallel"]
@@ -76,10 +75,9 @@ def _constraints(tables: dict[str, EmbeddingBagConfig], cfg: ShardingConfig, fus
 
 
 def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torch.device,
-                seed: int, uneven_batches: bool = True) -> DistributedModelParallel:
+                seed: int) -> DistributedModelParallel:
     """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows.
-    ``uneven_batches``: the per-rank batches may differ in size (the training loader's do), so row-wise
-    pooled tables are refused on gloo (:func:`refuse_uneven_row_wise`)."""
+    Row-wise pooled tables on gloo are listed in ``dmp.equal_batch_tables`` (:func:`needs_equal_batches`)."""
     tables = table_configs_of(model)
     world = dist.get_world_size()
     sharders = _sharders(model, cfg)
@@ -88,28 +86,26 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     follow_placements(plan, {f: b for m in model.modules() if callable(getattr(m, "followed_tables", None))
                              for f, b in m.followed_tables().items()})
-    if uneven_batches:
-        refuse_uneven_row_wise(model, plan, world)
+    equal = _row_wise_pooled(model, plan) if world > 1 and dist.get_backend() == "gloo" else []
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+    dmp.equal_batch_tables = equal
     init_sharded_tables(dmp, tables, seed)
     return dmp
 
 
-def refuse_uneven_row_wise(model: nn.Module, plan, world: int) -> None:
-    """Row-wise sharded pooled tables (``row_wise``/``table_row_wise`` on an ``EmbeddingBagCollection``) need
-    a reduce-scatter whose backward is an uneven all-gather; gloo's all-gather takes equal sizes only, and the
-    loader's per-rank batches differ by up to one block (``ctr.data.loader.rank_rows``), so training would
-    crash in the first backward. Refuse the plan up front with the fix instead (NCCL has no such limit)."""
-    if world <= 1 or dist.get_backend() != "gloo":
-        return
-    bad = sorted(name for path, module_plan in plan.plan.items()
-                 if isinstance(model.get_submodule(path), EmbeddingBagCollection)
-                 for name, ps in module_plan.items() if ps.sharding_type in ("row_wise", "table_row_wise"))
-    if bad:
-        raise ConfigError(f"row-wise sharding of pooled tables {bad[:5]}{' ...' if len(bad) > 5 else ''} on "
-                          f"{world} CPU (gloo) workers: its backward needs equal per-worker batches, which the "
-                          "loader does not guarantee; use table_wise / column_wise / table_column_wise (the "
-                          "default) on CPU, or train on GPUs (NCCL)", "distributed.sharding.types")
+def _row_wise_pooled(model: nn.Module, plan) -> list[str]:
+    return sorted(name for path, module_plan in plan.plan.items()
+                  if isinstance(model.get_submodule(path), EmbeddingBagCollection)
+                  for name, ps in module_plan.items() if ps.sharding_type in ("row_wise", "table_row_wise"))
+
+
+def needs_equal_batches(dmp: nn.Module) -> list[str]:
+    """Row-wise sharded pooled tables (``row_wise``/``table_row_wise`` on an ``EmbeddingBagCollection``) of a
+    model sharded over several gloo ranks. Their forward is a reduce-scatter whose backward is an all-gather,
+    which gloo only does for equal sizes; the loader's per-rank shares differ by up to one block, so their
+    training batches must be padded to equal size (``BatchIterator(equal_batches=True)``). Empty elsewhere
+    (one process, NCCL, or no such table)."""
+    return list(getattr(dmp, "equal_batch_tables", []))
 
 
 def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:

@@ -24,6 +24,7 @@ from ctr.distributed.sharding import (
     gather_rows,
     local_table_shards,
     mean_across_ranks,
+    needs_equal_batches,
     plan_text,
     shard_model,
 )
@@ -156,8 +157,13 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     if rank == 0:
         log.info("sharding plan:\n%s", plan)
     data = _read_shares(job.splits, artifact.schema, rank, world_size)
+    equal = needs_equal_batches(dmp)  # row-wise pooled tables on gloo: pad the ranks' batches to equal size
+    if equal and rank == 0:
+        log.info("row-wise pooled tables %s on %d gloo workers: training batches padded to equal size per "
+                 "rank (weight-0 repeats)", equal[:5], world_size)
     train_it = BatchIterator(data["train"][0], cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank,
-                             world_size=world_size, device=device, total_rows=data["train"][1])
+                             world_size=world_size, device=device, total_rows=data["train"][1],
+                             equal_batches=bool(equal))
 
     def batches(split: str) -> BatchIterator:
         return BatchIterator(data[split][0], cfg.eval_batch_size, shuffle=False, seed=cfg.seed, rank=rank,
@@ -180,7 +186,8 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     after_step = None
     if bilevel:
         valid_it = BatchIterator(data["valid"][0], cfg.batch_size, shuffle=True, seed=cfg.seed + 1, rank=rank,
-                                 world_size=world_size, device=device, total_rows=data["valid"][1])
+                                 world_size=world_size, device=device, total_rows=data["valid"][1],
+                                 equal_batches=bool(equal))
         after_step = _validation_step(dmp, bilevel, _cycle(valid_it), world_size)
     after_step = _chain(after_step, _table_steps(model, dmp, cfg.optimizer.lr, tables_fused(cfg.optimizer, device)))
     result = fit(dmp, optimizer, objective, train_it, lambda: evaluate(dmp, batches("valid"), gather_rows),
@@ -246,7 +253,7 @@ def _validation_step(dmp, modules: list, valid, world_size: int) -> Callable[[],
             for module in modules:
                 def loss() -> torch.Tensor:
                     with _no_sync(dmp):
-                        return bce(dmp(batch.dense, batch.sparse), batch.labels, batch.loss_rows)
+                        return bce(dmp(batch.dense, batch.sparse), batch.labels, batch.loss_rows, batch.weights)
                 grad = module.alpha_grad(loss)
                 if world_size > 1:
                     dist.all_reduce(grad)

@@ -34,6 +34,8 @@ class Batch:
         loss_rows (float | None): what the summed training loss of this batch is divided by
             (``None``: its own size). A rank's share of a global batch uses ``|global batch| / world_size``
             so that the mean over ranks is the global batch's mean loss (``ctr.data.loader``).
+        weights (torch.Tensor | None): [B] float32 per-row loss weights (``None``: all 1); 0 marks a row
+            repeated only to make the ranks' batches equal (``BatchIterator(equal_batches=True)``).
     """
 
     dense: torch.Tensor
@@ -41,6 +43,7 @@ class Batch:
     labels: torch.Tensor
     groups: torch.Tensor | None = None
     loss_rows: float | None = None
+    weights: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -51,7 +54,9 @@ class Batch:
         if self.labels.device == device:
             return self
         groups = None if self.groups is None else self.groups.to(device)
-        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device), groups, self.loss_rows)
+        weights = None if self.weights is None else self.weights.to(device)
+        return Batch(self.dense.to(device), self.sparse.to(device), self.labels.to(device), groups, self.loss_rows,
+                     weights)
 
 
 class EncodedColumns:

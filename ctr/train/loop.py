@@ -121,7 +121,7 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
     for step, batch in enumerate(batches, start=result.epoch_steps):
         if step >= total:
             break
-        loss = objective(model(batch.dense, batch.sparse), batch.labels, batch.loss_rows)
+        loss = objective(model(batch.dense, batch.sparse), batch.labels, batch.loss_rows, batch.weights)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -19,10 +19,16 @@ class Objective:
     def __init__(self, regularizers: list[Regularizer] | None = None) -> None:
         self.regularizers = list(regularizers or [])
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, rows: float | None = None) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, rows: float | None = None,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
         """``rows``: divide the summed BCE by this instead of the batch size (a rank's share of a global
-        batch, see ``Batch.loss_rows``); an empty share then contributes zero, not NaN."""
-        if rows is None:
+        batch, see ``Batch.loss_rows``); an empty share then contributes zero, not NaN. ``weights``: per-row
+        weights of the sum (``Batch.weights``: 0 for padding rows); without ``rows`` the sum is divided by
+        the weights' sum."""
+        if weights is not None:
+            bce = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights).sum()
+            loss = bce / (rows if rows is not None else weights.sum().clamp(min=1.0))
+        elif rows is None:
             loss = F.binary_cross_entropy_with_logits(logits, labels)
         else:
             loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / rows

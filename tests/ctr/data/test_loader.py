@@ -82,6 +82,35 @@ def test_shares_with_loss_rows_average_to_the_global_mean_loss():
         assert len({s.size for s in shares}) > 1 or g > 0  # shares are unequal, the weighting still holds
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_equal_batches_pad_every_share_to_the_step_maximum_with_weight_zero_repeats(shuffle):
+    n, world = 1037, 3
+    cols = columns(n)
+    labels = (torch.arange(n) % 2).float()
+    logits = torch.linspace(-2, 2, n)
+    objective = Objective()
+    plain = [list(BatchIterator(cols, 100, shuffle=shuffle, seed=3, rank=r, world_size=world))
+             for r in range(world)]
+    padded = [list(BatchIterator(cols, 100, shuffle=shuffle, seed=3, rank=r, world_size=world, equal_batches=True))
+              for r in range(world)]
+    assert any(len({p[g].size for p in plain}) > 1 for g in range(len(plain[0])))  # shares really are unequal
+    for g in range(len(plain[0])):
+        sizes = {p[g].size for p in padded}
+        assert len(sizes) == 1 and sizes.pop() == max(p[g].size for p in plain)  # equal: the step's largest
+        for r in range(world):
+            a, b = plain[r][g], padded[r][g]
+            real = b.weights is None or int(b.weights.sum()) == a.size
+            assert real and b.labels[:a.size].tolist() == a.labels.tolist()  # the real rows first, unchanged
+            if b.weights is not None:
+                assert b.weights[a.size:].abs().sum() == 0 and b.sparse["c"].values().numel() == b.size
+                assert set(b.labels[a.size:].int().tolist()) <= set(a.labels.int().tolist())  # a local row repeated
+            rows_a, rows_b = a.labels.long(), b.labels.long()  # the loss is the unpadded share's
+            torch.testing.assert_close(objective(logits[rows_b], labels[rows_b], b.loss_rows, b.weights),
+                                       objective(logits[rows_a], labels[rows_a], a.loss_rows))
+    with pytest.raises(ValueError, match="holds no rows"):
+        BatchIterator(columns(2), 1, shuffle=True, seed=0, rank=0, world_size=3, equal_batches=True)
+
+
 def test_read_encoded_reads_only_the_rank_range(tmp_path):
     n = 200_000
     path = tmp_path / "split.parquet"
