@@ -122,6 +122,9 @@ class UnifiedEmbedding(FieldEmbedding):
         self.table_of = {f.name: f.table_name for f in schema.sparse_fields}
         vocab_fields = [f for f in schema.fields if not (f.is_sparse and f.table_name in hashed)]
         self.unpooled = {f.name for f in schema.sparse_fields if f.table_name in seq_tables}  # EC lookups
+        self.mean_pooled = {f.name for f in schema.sparse_fields  # summed by the shared sub-tables, then / len
+                            if f.kind == "sequence" and f.pooling == "mean" and f.table_name in hashed
+                            and f.name not in self.unpooled}
         self.vocab_keys = [f.name for f in vocab_fields if f.is_sparse]
         # chunk c of every field of table t reads sub-table slot[(t, c)]: a global round-robin over (table,
         # chunk) per space (as the TFRS reference does over features), so the chunks of one feature land in
@@ -229,6 +232,8 @@ class UnifiedEmbedding(FieldEmbedding):
                 vecs.append(padded.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(padded.dtype))  # masked mean
                 history.append(padded)
                 mask = torch.arange(self.max_len, device=padded.device).unsqueeze(0) < lengths.unsqueeze(-1)
+            elif name in self.mean_pooled:  # a multi-valued field pooled by mean: the shared tables sum
+                vecs.append(rows / sparse[name].lengths().clamp(min=1).unsqueeze(-1).to(rows.dtype))
             else:
                 vecs.append(rows)  # pooled [B, D], or one id per row of an unpooled candidate
         parts = [torch.stack(vecs, dim=1)]  # [B, S, D]

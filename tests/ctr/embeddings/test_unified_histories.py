@@ -115,3 +115,17 @@ def test_transform_and_row_encoder_hash_history_tokens_as_the_candidate():
                                    "hist_genre": ["g2", "g9"]}])
     offsets, values = enc.seqs["hist_item"]
     assert values.tolist() == [ids[1], ids[2]] and offsets.tolist() == [0, 2]
+
+
+def test_a_mean_pooled_hashed_sequence_is_the_mean_of_its_tokens():
+    schema = Schema(encoding="hash", fields=[{"name": "u"}, {"name": "tags", "kind": "sequence"}])
+    layout = FieldLayout(schema, {"u": 50, "tags": 80}, hashed_tables=("u", "tags"))
+    emb = UnifiedEmbedding(layout, 8, UnifiedEmbeddingConfig(budget=0.5, chunks=2, chunk_dim=4))
+    init_plain_tables(emb, seed=0)
+    u, (a, b) = hash_texts(["x"], 0).tolist(), hash_texts(["a", "b"], 0).tolist()
+    kjt = KeyedJaggedTensor(keys=["u", "tags"], values=torch.tensor(u * 4 + [a, b, a, b]),
+                            lengths=torch.tensor([1, 1, 1, 1, 2, 1, 1, 0]))  # tags: [a, b], [a], [b], []
+    with torch.no_grad():
+        out = emb(torch.zeros(4, 0), kjt)[:, 1]
+    torch.testing.assert_close(out[0], (out[1] + out[2]) / 2)  # mean pooling, as a vocabulary table's
+    assert out[3].abs().sum() == 0  # an empty sequence is a zero vector
