@@ -45,9 +45,10 @@ class UnifiedEmbeddingConfig(BudgetConfig):
             to a multiple of 4 (at least 4).
         chunks_per_feature (dict[str, int]): per-feature override of ``chunks``.
         num_tables (int): shared sub-tables (for sharding balance).
-        project (bool): every multiplexed feature reads its concatenated chunks through its own learned
-            ``k_t · chunk_dim → D`` map (per-feature weights on the shared rows, the paper's argument for
-            why inter-feature collisions separate); ``False``: only where the concatenation is not ``D``.
+        project (bool): every multiplexed table (its feature, and a history sharing it) reads its concatenated
+            chunks through its own learned ``k_t · chunk_dim → D`` map (per-feature weights on the shared rows,
+            the paper's argument for why inter-feature collisions separate); ``False``: only where the
+            concatenation is not ``D`` wide.
     """
 
     name: str = "unified"
@@ -152,7 +153,9 @@ class UnifiedEmbedding(FieldEmbedding):
                 members[sp][slot[(f.table_name, c)]].append(key)
                 keys.append(key)
             self.feature_chunks[f.name] = keys
-            widths.setdefault(f.table_name, len(keys) * chunk_dim)
+            if widths.setdefault(f.table_name, len(keys) * chunk_dim) != len(keys) * chunk_dim:
+                raise ConfigError(f"fields sharing table {f.table_name!r} read different chunk counts; give "
+                                  "them the same chunks_per_feature", "embedding.chunks_per_feature")
         bound = None if config.init_std is None else config.init_std * 3 ** 0.5
         bag_tables, seq_configs, chunk_configs = [], [], []
         if any(f.is_sparse for f in vocab_fields):

@@ -11,6 +11,7 @@ from ctr.embeddings import parse_embedding_config
 from ctr.embeddings.hashed import HashedEmbedding, HashedEmbeddingConfig
 from ctr.embeddings.tables import init_plain_tables
 from ctr.embeddings.unified import UnifiedEmbedding, UnifiedEmbeddingConfig
+from ctr.errors import ConfigError
 from ctr.features.artifact import FeatureArtifact
 from ctr.features.hashing import chunk_rows_np, chunk_salt, hash_texts
 from ctr.features.layout import FieldLayout
@@ -129,3 +130,13 @@ def test_a_mean_pooled_hashed_sequence_is_the_mean_of_its_tokens():
         out = emb(torch.zeros(4, 0), kjt)[:, 1]
     torch.testing.assert_close(out[0], (out[1] + out[2]) / 2)  # mean pooling, as a vocabulary table's
     assert out[3].abs().sum() == 0  # an empty sequence is a zero vector
+
+
+def test_fields_sharing_a_table_need_the_same_chunk_count():
+    schema = Schema(encoding="hash", fields=[{"name": "a", "table": "t"}, {"name": "b", "table": "t"}])
+    layout = FieldLayout(schema, {"t": 100}, hashed_tables=("t",))
+    emb = UnifiedEmbedding(layout, 8, UnifiedEmbeddingConfig(budget=0.5, chunks=2, chunk_dim=4))
+    assert list(emb.project) == ["t"]  # one map for the table, read by both fields
+    with pytest.raises(ConfigError, match="different chunk counts"):
+        UnifiedEmbedding(layout, 8, UnifiedEmbeddingConfig(budget=0.5, chunks=2, chunk_dim=4,
+                                                           chunks_per_feature={"b": 3}))
