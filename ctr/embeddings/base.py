@@ -25,7 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.layout import FieldLayout
 
-__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields", "require_single_id_fields"]
+__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields", "require_single_id_fields", "sequence_fields"]
 
 
 def require_single_id_fields(layout: FieldLayout, method: str) -> None:
@@ -50,6 +50,15 @@ class SequenceFields(NamedTuple):
     fields: torch.Tensor
     history: torch.Tensor
     mask: torch.Tensor
+
+
+def sequence_fields(fields: torch.Tensor, history: list[torch.Tensor], mask: torch.Tensor) -> SequenceFields:
+    """:class:`SequenceFields` of one lookup: ``fields`` ``[B, F, D]``, one ``[B, L, D]`` padded tensor per history
+    field and their mask ``[B, L]``; with no history field an empty history ``[B, 0, 1, D]`` and an all-False
+    mask ``[B, 1]``."""
+    if not history:
+        return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
+    return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
 
 
 class FieldEmbedding(nn.Module):

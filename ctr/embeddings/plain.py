@@ -12,7 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.config import StrictConfig
-from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields
+from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, sequence_fields
 from ctr.embeddings.mba import MiniBatchAwareL2
 from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
 from ctr.embeddings.tables import table_configs
@@ -122,10 +122,7 @@ class PlainEmbedding(FieldEmbedding):
         return self._lookup(dense, sparse)[0]
 
     def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
-        fields, history, mask = self._lookup(dense, sparse)
-        if not history:  # no unpooled field: an empty history [B, 0, 1, D] with an all-False mask [B, 1]
-            return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
-        return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+        return sequence_fields(*self._lookup(dense, sparse))
 
     def _lookup(self, dense: torch.Tensor, sparse: KeyedJaggedTensor
                 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:

@@ -25,7 +25,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields
+from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, sequence_fields
 from ctr.embeddings.hashed import BudgetConfig, hashed_param_budget, hashed_tables_of
 from ctr.embeddings.plain import NumericFieldEmbedding, candidate_of
 from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
@@ -202,10 +202,7 @@ class UnifiedEmbedding(FieldEmbedding):
         return self._lookup(dense, sparse)[0]
 
     def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
-        fields, history, mask = self._lookup(dense, sparse)
-        if not history:  # no unpooled field: an empty history [B, 0, 1, D] with an all-False mask [B, 1]
-            return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
-        return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+        return sequence_fields(*self._lookup(dense, sparse))
 
     def _field_rows(self, name: str, looked: dict) -> torch.Tensor:
         """A field's vectors before pooling: ``[B, D]`` for a pooled field, ``[n, D]`` for an unpooled one."""
