@@ -25,7 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.layout import FieldLayout
 
-__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields", "require_single_id_fields", "sequence_fields"]
+__all__ = ["FieldEmbedding", "FieldLayout", "SequenceFields", "padded_history", "require_single_id_fields",
+           "sequence_fields"]
 
 
 def require_single_id_fields(layout: FieldLayout, method: str) -> None:
@@ -59,6 +60,17 @@ def sequence_fields(fields: torch.Tensor, history: list[torch.Tensor], mask: tor
     if not history:
         return SequenceFields(fields, fields[:, :0].unsqueeze(2), torch.zeros_like(fields[:, 0, :1], dtype=torch.bool))
     return SequenceFields(fields, torch.stack(history, dim=1), mask)  # history [B, S, L, D]
+
+
+def padded_history(values: torch.Tensor, offsets: torch.Tensor, max_len: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One unpooled history field's looked-up vectors ``[n, D]`` (jagged by ``offsets`` ``[B + 1]``) →
+    ``(padded [B, L, D]`` with zeros at padding, ``masked mean [B, D]``, ``mask [B, L])``."""
+    padded = torch.ops.fbgemm.jagged_to_padded_dense(values, [offsets], [max_len], 0.0)
+    lengths = offsets[1:] - offsets[:-1]
+    mean = padded.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(padded.dtype)  # padding rows are zeros
+    mask = torch.arange(max_len, device=padded.device).unsqueeze(0) < lengths.unsqueeze(-1)
+    return padded, mean, mask
 
 
 class FieldEmbedding(nn.Module):

@@ -12,7 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.config import StrictConfig
-from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, sequence_fields
+from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, padded_history, sequence_fields
 from ctr.embeddings.mba import MiniBatchAwareL2
 from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
 from ctr.embeddings.tables import table_configs
@@ -139,13 +139,8 @@ class PlainEmbedding(FieldEmbedding):
                 jt = jts[name]
                 rows.append((name, jt.values()))
                 if name in self.history_names:
-                    padded = torch.ops.fbgemm.jagged_to_padded_dense(
-                        jt.values(), [jt.offsets()], [self.max_len], 0.0)  # [B, L, D], zeros at padding
-                    count = jt.lengths().clamp(min=1).unsqueeze(-1).to(padded.dtype)
-                    vecs[name] = padded.sum(dim=1) / count  # masked mean: padding rows are zeros
+                    padded, vecs[name], mask = padded_history(jt.values(), jt.offsets(), self.max_len)
                     history.append(padded)
-                    mask = torch.arange(self.max_len, device=padded.device).unsqueeze(0) \
-                        < jt.lengths().unsqueeze(-1)  # [B, L]
                 else:
                     vecs[name] = jt.values()  # one id per row -> [B, D]
         parts = [torch.stack([vecs[n] for n in self.sparse_names], dim=1)]  # [B, S, D]

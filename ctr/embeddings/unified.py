@@ -25,7 +25,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, sequence_fields
+from ctr.embeddings.base import FieldEmbedding, FieldLayout, SequenceFields, padded_history, sequence_fields
 from ctr.embeddings.hashed import BudgetConfig, hashed_param_budget, hashed_tables_of
 from ctr.embeddings.plain import NumericFieldEmbedding, candidate_of
 from ctr.embeddings.sequence_tables import bag_layout, sequence_table_configs, sequence_table_names
@@ -227,11 +227,9 @@ class UnifiedEmbedding(FieldEmbedding):
             rows = self._field_rows(name, looked)
             if name in self.history_names:
                 offsets = looked[self.feature_chunks[name][0] if name in self.feature_chunks else name].offsets()
-                padded = torch.ops.fbgemm.jagged_to_padded_dense(rows, [offsets], [self.max_len], 0.0)  # [B, L, D]
-                lengths = offsets[1:] - offsets[:-1]
-                vecs.append(padded.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(padded.dtype))  # masked mean
+                padded, mean, mask = padded_history(rows, offsets, self.max_len)
+                vecs.append(mean)
                 history.append(padded)
-                mask = torch.arange(self.max_len, device=padded.device).unsqueeze(0) < lengths.unsqueeze(-1)
             elif name in self.mean_pooled:  # a multi-valued field pooled by mean: the shared tables sum
                 vecs.append(rows / sparse[name].lengths().clamp(min=1).unsqueeze(-1).to(rows.dtype))
             else:
