@@ -139,6 +139,7 @@ class BatchIterator:
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
         self._global_rows: np.ndarray | None = None
+        self._equal_rows: np.ndarray | None = None  # per step, the largest share over ranks (equal_batches)
         self.device = None if device is None or device.type == "cpu" else device
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -191,9 +192,9 @@ class BatchIterator:
         return _step_rows(block_starts(self.n), steps, blocks=rank_blocks(self.n, rank, self.world_size))
 
     def __iter__(self) -> Iterator[Batch]:
-        target = None
-        if self.equal_batches:  # every rank's share of each step, the same on every rank
-            target = np.max([self.rank_step_rows(r) for r in range(self.world_size)], axis=0)
+        if self.equal_batches and self._equal_rows is None:  # epoch-independent: computed once, same on every rank
+            self._equal_rows = np.max([self.rank_step_rows(r) for r in range(self.world_size)], axis=0)
+        target = self._equal_rows
         for i, (rows, loss_rows) in enumerate(self.local_batches()):
             if i < self.skip:
                 continue

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
@@ -77,7 +77,7 @@ def _constraints(tables: dict[str, EmbeddingBagConfig], cfg: ShardingConfig, fus
 def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torch.device,
                 seed: int) -> DistributedModelParallel:
     """Plan with TorchRec's planner, wrap in DMP and give every table its deterministic initial rows.
-    Row-wise pooled tables on gloo are listed in ``dmp.equal_batch_tables`` (:func:`needs_equal_batches`)."""
+    Row-wise pooled tables on gloo need equal per-rank training batches (:func:`needs_equal_batches`)."""
     tables = table_configs_of(model)
     world = dist.get_world_size()
     sharders = _sharders(model, cfg)
@@ -86,26 +86,25 @@ def shard_model(model: nn.Module, cfg: ShardingConfig, fused: bool, device: torc
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     follow_placements(plan, {f: b for m in model.modules() if callable(getattr(m, "followed_tables", None))
                              for f, b in m.followed_tables().items()})
-    equal = _row_wise_pooled(model, plan) if world > 1 and dist.get_backend() == "gloo" else []
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
-    dmp.equal_batch_tables = equal
     init_sharded_tables(dmp, tables, seed)
     return dmp
 
 
-def _row_wise_pooled(model: nn.Module, plan) -> list[str]:
+POOLED = (EmbeddingBagCollection, ShardedEmbeddingBagCollection)  # DMP swaps the former for the latter in place
+
+
+def needs_equal_batches(model: nn.Module, plan) -> list[str]:
+    """Row-wise sharded pooled tables (``row_wise``/``table_row_wise`` on an ``EmbeddingBagCollection``) of
+    ``model`` under ``plan`` (e.g. ``dmp.plan``) when it is sharded over several gloo ranks. Their forward is a
+    reduce-scatter whose backward is an all-gather, which gloo only does for equal sizes; the loader's per-rank
+    shares differ by up to one block, so their training batches must be padded to equal size
+    (``BatchIterator(equal_batches=True)``). Empty elsewhere (one process, NCCL, or no such table)."""
+    if dist.get_world_size() <= 1 or dist.get_backend() != "gloo":
+        return []
     return sorted(name for path, module_plan in plan.plan.items()
-                  if isinstance(model.get_submodule(path), EmbeddingBagCollection)
+                  if isinstance(model.get_submodule(path), POOLED)
                   for name, ps in module_plan.items() if ps.sharding_type in ("row_wise", "table_row_wise"))
-
-
-def needs_equal_batches(dmp: nn.Module) -> list[str]:
-    """Row-wise sharded pooled tables (``row_wise``/``table_row_wise`` on an ``EmbeddingBagCollection``) of a
-    model sharded over several gloo ranks. Their forward is a reduce-scatter whose backward is an all-gather,
-    which gloo only does for equal sizes; the loader's per-rank shares differ by up to one block, so their
-    training batches must be padded to equal size (``BatchIterator(equal_batches=True)``). Empty elsewhere
-    (one process, NCCL, or no such table)."""
-    return list(getattr(dmp, "equal_batch_tables", []))
 
 
 def init_sharded_tables(dmp: nn.Module, tables: dict[str, EmbeddingBagConfig], seed: int) -> None:

@@ -157,7 +157,7 @@ def _train(job: WorkerJob, rank: int, world_size: int, callbacks, sink: Checkpoi
     if rank == 0:
         log.info("sharding plan:\n%s", plan)
     data = _read_shares(job.splits, artifact.schema, rank, world_size)
-    equal = needs_equal_batches(dmp)  # row-wise pooled tables on gloo: pad the ranks' batches to equal size
+    equal = needs_equal_batches(model, dmp.plan)  # row-wise pooled tables on gloo: pad batches to equal size
     if equal and rank == 0:
         log.info("row-wise pooled tables %s on %d gloo workers: training batches padded to equal size per "
                  "rank (weight-0 repeats)", equal[:5], world_size)
