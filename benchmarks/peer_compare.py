@@ -35,7 +35,8 @@ RESULTS = ROOT / "benchmarks/results"
 DATA = {"frappe": "pipelines/examples/frappe.yaml", "criteo": "pipelines/examples/criteo_sample.yaml",
         "synthetic_1m": "pipelines/examples/synthetic_1m.yaml",  # ≥ 10^6 embedding rows, 1 epoch
         "movielens": "pipelines/examples/din_ml100k.yaml"}  # behaviour histories: model din only
-MODELS_OF = {"movielens": ["din"]}  # data sets whose pipeline has only some models (default: deepfm, autoint_plus)
+TABULAR_MODELS = ["deepfm", "autoint_plus"]
+MODELS_OF = {"movielens": ["din"]}  # data sets whose pipeline has other models than TABULAR_MODELS
 CTR_AUTOINT = {
     False: "AutoInt+ runs the `paper` interacting block (no bias/ReLU on Q/K/V/W_Res, no LayerNorm) with per-head "
            "width d' = D / heads, the block both peers implement (`--reference-autoint` keeps the pipeline's own)",
@@ -187,7 +188,7 @@ def markdown(rows: list[dict], note: str, reference_autoint: bool = False) -> st
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
-    ap.add_argument("--models", nargs="+", default=["deepfm", "autoint_plus"],
+    ap.add_argument("--models", nargs="+", default=TABULAR_MODELS,
                     help="models to run where the data's pipeline has them (movielens: din)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[2021, 2022, 2023])
     ap.add_argument("--systems", nargs="+", default=["ctr", "deepctr", "rechub"])
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ctr-peers-") as tmp_name:
         tmp = Path(tmp_name)
         for data in args.data:
-            for model in [m for m in args.models if m in MODELS_OF.get(data, ["deepfm", "autoint_plus"])]:
+            for model in [m for m in args.models if m in MODELS_OF.get(data, TABULAR_MODELS)]:
                 spec = load_spec(str(ROOT / DATA[data]), experiment=model)
                 dataset = dataset_file(spec, tmp)
                 hp = hparams(spec, model, args.max_epochs)

@@ -75,13 +75,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def _missing_data(pipeline: str) -> str | None:
     """The pipeline's train file when it is absent and no synthetic generator would write it, else None."""
-    import yaml
-
     from pipelines.spec import load_spec
 
-    doc = yaml.safe_load(Path(pipeline).read_text()) or {}
-    first = next(iter(doc.get("experiments") or {None: None}))
-    spec = load_spec(pipeline, experiment=first)
+    spec = load_spec(pipeline)  # no experiment named: the first one
     train = Path(spec.data.train)
     return None if train.exists() or spec.synthetic is not None else str(train)
 

@@ -106,8 +106,8 @@ class RecHub:
             cands = {f["candidate"] for f in seqs}
             history = [SequenceFeature(f["name"], vocab_size=peer_rows(dataset, f), embed_dim=hp["embedding_dim"],
                                        pooling="concat", shared_with=f["candidate"]) for f in seqs]
-            target = [s for s in sparse if s.name in cands]
-            target.sort(key=lambda s: [f["candidate"] for f in seqs].index(s.name))  # aligned with history
+            by_name = {s.name: s for s in sparse}
+            target = [by_name[f["candidate"]] for f in seqs]  # aligned with history, position by position
             tower = {"dims": mlp["dims"], "dropout": mlp["dropout"]}  # its DIN fixes the tower's activation: Dice
             self.model = DIN([s for s in sparse if s.name not in cands] + dense, history, target, mlp_params=tower,
                              attention_mlp_params={"dims": list(hp["attention_hidden"]), "activation": "dice",
