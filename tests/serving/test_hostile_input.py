@@ -123,3 +123,27 @@ def test_payloads_never_reach_the_logs(bundle_factory, raw_rows, caplog):
     finally:
         srv.stop(0)
     assert caplog.records and secret not in caplog.text
+
+
+def test_a_non_finite_score_is_refused_over_grpc_for_that_request_alone(scorer, bundle_factory, raw_rows):
+    """What ``_outcome`` counts as a refusal: a finite but huge value whose score is not finite gets
+    INVALID_ARGUMENT from the server (its micro-batcher), and the server keeps serving other requests."""
+    import grpc
+
+    from serving.client import ScorerClient
+    from serving.server import ScoringServer, ServerSettings
+
+    huge = {**raw_rows[0], "I1": -3e38}  # finite in float32; log_square keeps negatives as they are
+    request = build_request([huge, raw_rows[0]])
+    got = scorer.predict(scorer.encode(decode_request(parse_request(request.SerializeToString()), RequestLimits())))
+    assert not np.isfinite(got[0]) and np.isfinite(got[1])  # the premise: this value overflows the model
+    srv = ScoringServer(ServerSettings(model=str(bundle_factory("autoint_plus")), port=0, quant="int8",
+                                       poll_seconds=0)).start()
+    try:
+        with ScorerClient(f"127.0.0.1:{srv.port}") as c:
+            with pytest.raises(grpc.RpcError) as exc:
+                c.score([huge])
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not finite" in exc.value.details()
+            assert np.isfinite(c.score(raw_rows[:3]).probabilities).all()  # still serving
+    finally:
+        srv.stop(0)
