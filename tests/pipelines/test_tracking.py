@@ -238,7 +238,7 @@ def test_sigterm_ends_the_run_killed(tmp_path, tracking_uri):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]  # the stderr says why when it fails
     (run,) = _runs(tracking_uri, "tiny")
     assert run.info.status == "KILLED" and run.data.tags["ctr.failed_stage"] == "train"
 
