@@ -1,0 +1,152 @@
+"""Multi-head self-attention over field tokens, with a fused CPU kernel for the shapes CTR models use.
+
+AutoInt's interacting block attends over one token per field: a few dozen tokens of width 4–32 per
+head. For those, ``scaled_dot_product_attention`` on CPU spends most of a training step on per-matrix
+overhead (its flash kernel is tiled for long sequences; batched GEMM on 39 × 8 matrices is no better).
+``csrc/field_attention.cpp`` computes one (example, head) pair per task with everything in L1, forward
+and backward (the backward recomputes the softmax rather than saving ``[B, H, L, L]``).
+
+The extension is compiled on first use with the machine's compiler (about 25 s) into a cache keyed
+by the source, the torch version and the CPU's instruction-set flags, then loaded from there.
+:func:`field_attention` falls back to ``scaled_dot_product_attention`` whenever the kernel does not
+apply (CUDA, float64, attention dropout while training) or cannot be built; the reason is logged once.
+``CTR_FUSED_ATTENTION=0`` turns the kernel off; ``CTR_KERNEL_CACHE`` moves the cache.
+
+Both paths take and return ``[B, L, H, d]`` (the projections' ``[B, L, H·d]`` output viewed per head).
+"""
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "field_attention.cpp"
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+_lock = threading.Lock()
+_state: dict[str, ModuleType | str | None] = {"kernel": None, "error": None}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_dir(key: str) -> Path:
+    root = os.environ.get("CTR_KERNEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctr"
+    return Path(root) / "kernels" / key
+
+
+def kernel() -> ModuleType | None:
+    """The compiled extension (built on first call), or ``None`` if disabled or unbuildable."""
+    if _state["kernel"] is not None or _state["error"] is not None:
+        return _state["kernel"]  # type: ignore[return-value]
+    with _lock:
+        if _state["kernel"] is None and _state["error"] is None:
+            _state["kernel"], _state["error"] = _build()
+            if _state["error"]:
+                log.warning("fused field attention off, using scaled_dot_product_attention: %s", _state["error"])
+    return _state["kernel"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`kernel` is ``None`` (after it has been called), else ``None``."""
+    return _state["error"]  # type: ignore[return-value]
+
+
+def _build() -> tuple[ModuleType | None, str | None]:
+    if os.environ.get("CTR_FUSED_ATTENTION", "1") == "0":
+        return None, "CTR_FUSED_ATTENTION=0"
+    try:
+        from torch.utils import cpp_extension
+    except ImportError as exc:  # pragma: no cover - part of every torch wheel
+        return None, f"torch.utils.cpp_extension unavailable ({exc})"
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode()):
+        digest.update(part)
+    key = digest.hexdigest()[:16]
+    build_dir = _cache_dir(key)
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        module = cpp_extension.load(
+            name=f"ctr_field_attention_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+            extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - any build failure means: use the fallback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"building {SOURCE.name} in {build_dir} failed ({first}); needs a C++ compiler and ninja"
+    return module, None
+
+
+@torch.library.custom_op("ctr::field_attention", mutates_args=())
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return kernel().forward(q, k, v, scale)  # type: ignore[union-attr]
+
+
+@_fused.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("ctr::field_attention_backward", mutates_args=())
+def _fused_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = kernel().backward(grad, q, k, v, scale)  # type: ignore[union-attr]
+    return dq, dk, dv
+
+
+@_fused_backward.register_fake
+def _(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, scale = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad: torch.Tensor):
+    q, k, v = ctx.saved_tensors
+    dq, dk, dv = _fused_backward(grad.contiguous(), q, k, v, ctx.scale)
+    return dq, dk, dv, None
+
+
+_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_applies(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether :func:`field_attention` would run the fused kernel for ``q`` (building it if needed)."""
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and q.dim() == 4 and q.size(1) > 0
+            and dropout_p == 0.0 and kernel() is not None)
+
+
+def field_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q kᵀ · scale) v`` per example and head: ``[B, L, H, d]`` in, ``[B, L, H, d]`` out.
+
+    ``dropout_p`` is dropout on the attention weights; pass 0 outside training.
+
+    Example::
+
+        >>> q = k = v = torch.randn(2, 5, 3, 4)
+        >>> field_attention(q, k, v, scale=0.5).shape
+        torch.Size([2, 5, 3, 4])
+    """
+    if fused_applies(q, dropout_p):
+        return _fused(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2)
