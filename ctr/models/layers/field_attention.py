@@ -12,7 +12,8 @@ by the source, the torch version and the CPU's instruction-set flags, then loade
 apply (CUDA, float64, attention dropout while training) or cannot be built; the reason is logged once.
 ``CTR_FUSED_ATTENTION=0`` turns the kernel off; ``CTR_KERNEL_CACHE`` moves the cache.
 
-Both paths take and return ``[B, L, H, d]`` (the projections' ``[B, L, H·d]`` output viewed per head).
+Both paths take q, k and v packed as ``[B, L, 3, H, d]`` (one projection's ``[B, L, 3·H·d]`` output
+viewed per head) and return ``[B, L, H, d]``.
 """
 
 import hashlib
@@ -90,54 +91,65 @@ def _build() -> tuple[ModuleType | None, str | None]:
 
 
 @torch.library.custom_op("ctr::field_attention", mutates_args=())
-def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return kernel().forward(q, k, v, scale)  # type: ignore[union-attr]
+def _fused(qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    return kernel().forward(qkv, scale)  # type: ignore[union-attr]
 
 
 @_fused.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.empty_like(q)
+def _(qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    return qkv.new_empty(qkv.shape[:2] + qkv.shape[3:])
 
 
 @torch.library.custom_op("ctr::field_attention_backward", mutates_args=())
-def _fused_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = kernel().backward(grad, q, k, v, scale)  # type: ignore[union-attr]
-    return dq, dk, dv
+def _fused_backward(grad: torch.Tensor, qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    return kernel().backward(grad, qkv, scale)  # type: ignore[union-attr]
 
 
 @_fused_backward.register_fake
-def _(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(grad: torch.Tensor, qkv: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.empty_like(qkv)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, scale = inputs
-    ctx.save_for_backward(q, k, v)
+    qkv, scale = inputs
+    ctx.save_for_backward(qkv)
     ctx.scale = scale
 
 
 def _backward(ctx, grad: torch.Tensor):
-    q, k, v = ctx.saved_tensors
-    dq, dk, dv = _fused_backward(grad.contiguous(), q, k, v, ctx.scale)
-    return dq, dk, dv, None
+    (qkv,) = ctx.saved_tensors
+    return _fused_backward(grad.contiguous(), qkv, ctx.scale), None
 
 
 _fused.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_applies(q: torch.Tensor, dropout_p: float) -> bool:
-    """Whether :func:`field_attention` would run the fused kernel for ``q`` (building it if needed)."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and q.dim() == 4 and q.size(1) > 0
-            and dropout_p == 0.0 and kernel() is not None)
+def fused_applies(qkv: torch.Tensor, dropout_p: float) -> bool:
+    """Whether the fused kernel runs for ``qkv`` (``[B, L, 3, H, d]``; builds the kernel if needed)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 5 and qkv.size(2) == 3
+            and qkv.size(1) > 0 and dropout_p == 0.0 and kernel() is not None)
+
+
+def packed_field_attention(qkv: torch.Tensor, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q kᵀ · scale) v`` per example and head for ``qkv = [B, L, (q, k, v), H, d]``.
+
+    ``qkv`` is one projection's ``[B, L, 3·H·d]`` output viewed per head; the result is
+    ``[B, L, H, d]``. ``dropout_p`` is dropout on the attention weights; pass 0 outside training.
+
+    Example::
+
+        >>> packed_field_attention(torch.randn(2, 5, 3, 4, 8), scale=0.5).shape
+        torch.Size([2, 5, 4, 8])
+    """
+    if fused_applies(qkv, dropout_p):
+        return _fused(qkv.contiguous(), float(scale))
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, H, L, d]
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale).transpose(1, 2)
 
 
 def field_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                     dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q kᵀ · scale) v`` per example and head: ``[B, L, H, d]`` in, ``[B, L, H, d]`` out.
-
-    ``dropout_p`` is dropout on the attention weights; pass 0 outside training.
+    """:func:`packed_field_attention` for separate ``[B, L, H, d]`` tensors (packs them: one copy).
 
     Example::
 
@@ -145,8 +157,4 @@ def field_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
         >>> field_attention(q, k, v, scale=0.5).shape
         torch.Size([2, 5, 3, 4])
     """
-    if fused_applies(q, dropout_p):
-        return _fused(q.contiguous(), k.contiguous(), v.contiguous(), float(scale))
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         dropout_p=dropout_p, scale=scale)
-    return out.transpose(1, 2)
+    return packed_field_attention(torch.stack((q, k, v), dim=2), scale, dropout_p)

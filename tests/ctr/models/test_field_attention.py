@@ -36,7 +36,7 @@ def test_forward_and_gradients_match_float64(batch, tokens, heads, width):
     scale = width ** -0.5
     q, k, v = (torch.randn(batch, tokens, heads, width, requires_grad=True) for _ in range(3))
     grad = torch.randn(batch, tokens, heads, width)
-    assert fa.fused_applies(q, 0.0)
+    assert fa.fused_applies(torch.stack((q, k, v), dim=2), 0.0)
     out = fa.field_attention(q, k, v, scale)
     out.backward(grad)
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
@@ -57,18 +57,24 @@ def test_large_scores_stay_finite_and_pick_the_best_key():
     torch.testing.assert_close(out, torch.full_like(out, 2.0))
 
 
-def test_non_contiguous_views_of_the_projection_work():
+def test_packed_projection_output_matches_and_gets_one_gradient():
     torch.manual_seed(0)
-    y = torch.randn(4, 9, 3 * 16)  # q | k | v side by side, each viewed as [B, L, H=2, d=8]
-    q, k, v = (y[..., i * 16:(i + 1) * 16].unflatten(-1, (2, 8)) for i in range(3))
-    assert not q.is_contiguous()
-    torch.testing.assert_close(fa.field_attention(q, k, v, 0.3).double(), reference(q, k, v, 0.3), rtol=1e-5, atol=1e-5)
+    y = torch.randn(4, 9, 3 * 16, requires_grad=True)  # q | k | v of one matmul, each [B, L, H=2, d=8]
+    out = fa.packed_field_attention(y.view(4, 9, 3, 2, 8), 0.3)
+    leaf = y.detach().double().requires_grad_()
+    q, k, v = (leaf[..., i * 16:(i + 1) * 16].unflatten(-1, (2, 8)) for i in range(3))
+    expected = reference(q, k, v, 0.3)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad.double())
+    torch.testing.assert_close(y.grad.double(), leaf.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_dropout_and_float64_fall_back_to_sdpa():
     q = torch.randn(2, 5, 2, 4)
-    assert not fa.fused_applies(q, dropout_p=0.1)
-    assert not fa.fused_applies(q.double(), dropout_p=0.0)
+    assert not fa.fused_applies(torch.stack((q, q, q), dim=2), dropout_p=0.1)
+    assert not fa.fused_applies(torch.stack((q, q, q), dim=2).double(), dropout_p=0.0)
     torch.manual_seed(0)
     out = fa.field_attention(q.double(), q.double(), q.double(), 0.5)
     torch.testing.assert_close(out, reference(q, q, q, 0.5))
@@ -87,7 +93,7 @@ def test_switching_the_kernel_off_uses_sdpa_with_the_same_result():
     code = ("import torch; from ctr.models.layers import field_attention as fa\n"
             "torch.manual_seed(0); q = torch.randn(2, 7, 2, 8)\n"
             "assert fa.kernel() is None and fa.unavailable_reason() == 'CTR_FUSED_ATTENTION=0'\n"
-            "assert not fa.fused_applies(q, 0.0)\n"
+            "assert not fa.fused_applies(torch.stack((q, q, q), dim=2), 0.0)\n"
             "print(repr(fa.field_attention(q, q, q, 0.5).sum().item()))\n")
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CTR_FUSED_ATTENTION": "0"})

@@ -1,8 +1,8 @@
 // Fused multi-head self-attention over a few dozen field tokens (AutoInt's interacting block), forward
 // and backward, for float32 CPU tensors. Built and loaded by ctr/models/layers/field_attention.py.
 //
-// q, k, v, out and their gradients are [B, L, H, d]: the projections' [B, L, H*d] output viewed per
-// head, so no transpose copies. One (example, head) pair is one task whose operands and L x L weights
+// q, k and v come packed as [B, L, 3, H, d] (one projection matmul's [B, L, 3*H*d] output viewed per
+// head, so no transpose copies; their gradient comes back in the same layout); out is [B, L, H, d]. One (example, head) pair is one task whose operands and L x L weights
 // stay in L1; the stock kernels pay per-matrix overhead on 39 x 8 matmuls (batched GEMM, or flash
 // attention tiled for long sequences). Within a task the queries go in blocks of kLanes, one vector
 // lane per query: the softmax over keys is then element-wise across key rows (no horizontal
@@ -44,21 +44,23 @@ inline vec exp_nonpositive(vec x) {
   return p * two_n;
 }
 
-void check(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.dim() == 4,
-              name, ": expected a contiguous float32 CPU tensor [B, L, H, d]");
+// Pull the next example's rows into cache while this one computes (each task's first touch of its
+// q/k/v rows would otherwise stall on memory); ``n`` floats from ``p``.
+inline void prefetch(const float* p, int64_t n) {
+  for (int64_t x = 0; x < n; x += 64 / sizeof(float)) __builtin_prefetch(p + x);
 }
 
 struct Shape {
-  int64_t L, P, D, row;  // tokens, tokens padded to a multiple of kLanes, head width, stride of a token
+  int64_t L, P, D;  // tokens, tokens padded to a multiple of kLanes, head width
+  int64_t row, orow;  // token strides of q/k/v (and their gradients) and of out (and its gradient)
 };
 
 // xt[c * P + i] = x[i, c], zero for the padding i >= L, for one (example, head).
-inline void transpose(const float* __restrict__ x, const Shape& s, float* __restrict__ xt) {
+inline void transpose(const float* __restrict__ x, int64_t stride, const Shape& s, float* __restrict__ xt) {
   for (int64_t c = 0; c < s.D; ++c)
     for (int64_t i = s.L; i < s.P; ++i) xt[c * s.P + i] = 0.f;
   for (int64_t i = 0; i < s.L; ++i)
-    for (int64_t c = 0; c < s.D; ++c) xt[c * s.P + i] = x[i * s.row + c];
+    for (int64_t c = 0; c < s.D; ++c) xt[c * s.P + i] = x[i * stride + c];
 }
 
 // a[j * P + i] = softmax_j(<q_i, k_j> * scale) for the query block starting at i (lanes past L get
@@ -87,22 +89,23 @@ inline void weights_block(const float* __restrict__ qt, const float* __restrict_
 }
 
 template <int64_t DC>
-void forward_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float scale,
-                    torch::Tensor& out) {
-  const int64_t L = q.size(1), H = q.size(2), D = DC > 0 ? DC : q.size(3);
-  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, H * D};
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
+void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
+  const int64_t L = qkv.size(1), H = qkv.size(3), D = DC > 0 ? DC : qkv.size(4);
+  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, 3 * H * D, H * D};
+  const float* qp = qkv.data_ptr<float>();
+  const float* kp = qp + H * D;
+  const float* vp = qp + 2 * H * D;
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, q.size(0) * H, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, qkv.size(0) * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> qt(D * s.P), a(L * s.P), ot(D * s.P);
     std::vector<vec> heap(DC > 0 ? 0 : D);
     vec stack[DC > 0 ? DC : 1];
     vec* __restrict__ acc = DC > 0 ? stack : heap.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t base = (task / H) * L * s.row + (task % H) * D;
-      transpose(qp + base, s, qt.data());
+      const int64_t obase = (task / H) * L * s.orow + (task % H) * D;
+      if (task % H == 0 && task + H < end) prefetch(qp + base + L * s.row, L * s.row);
+      transpose(qp + base, s.row, s, qt.data());
       for (int64_t i = 0; i < s.P; i += kLanes) {
         weights_block<DC>(qt.data(), kp + base, s, scale, i, a.data());
         for (int64_t c = 0; c < D; ++c) acc[c] = vec{};
@@ -114,7 +117,7 @@ void forward_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch:
         for (int64_t c = 0; c < D; ++c) store(ot.data() + c * s.P + i, acc[c]);
       }
       for (int64_t i = 0; i < L; ++i)
-        for (int64_t c = 0; c < D; ++c) op[base + i * s.row + c] = ot[c * s.P + i];
+        for (int64_t c = 0; c < D; ++c) op[obase + i * s.orow + c] = ot[c * s.P + i];
     }
   });
 }
@@ -140,7 +143,7 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
     for (int64_t i = 0; i < s.L; ++i) {
       wvec qi[NC], gi[NC];
       __builtin_memcpy(qi, q + i * s.row, sizeof qi);
-      __builtin_memcpy(gi, g + i * s.row, sizeof gi);
+      __builtin_memcpy(gi, g + i * s.orow, sizeof gi);
       for (int64_t jj = 0; jj < kJ; ++jj) {
         const float x = ds[(j0 + jj) * s.P + i], w = a[(j0 + jj) * s.P + i];
         for (int64_t n = 0; n < NC; ++n) {
@@ -156,7 +159,7 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
     for (int64_t i = 0; i < s.L; ++i) {
       wvec qi[NC], gi[NC];
       __builtin_memcpy(qi, q + i * s.row, sizeof qi);
-      __builtin_memcpy(gi, g + i * s.row, sizeof gi);
+      __builtin_memcpy(gi, g + i * s.orow, sizeof gi);
       const float x = ds[j0 * s.P + i], w = a[j0 * s.P + i];
       for (int64_t n = 0; n < NC; ++n) {
         acc_k[n] += x * qi[n];
@@ -168,19 +171,17 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
 }
 
 template <int64_t DC>
-void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& q, const torch::Tensor& k,
-                     const torch::Tensor& v, float scale, torch::Tensor& dq, torch::Tensor& dk,
-                     torch::Tensor& dv) {
-  const int64_t L = q.size(1), H = q.size(2), D = DC > 0 ? DC : q.size(3);
-  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, H * D};
+void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& qkv, float scale, torch::Tensor& dqkv) {
+  const int64_t L = qkv.size(1), H = qkv.size(3), D = DC > 0 ? DC : qkv.size(4);
+  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, 3 * H * D, H * D};
   const float* gp = grad_out.data_ptr<float>();
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* dqp = dq.data_ptr<float>();
-  float* dkp = dk.data_ptr<float>();
-  float* dvp = dv.data_ptr<float>();
-  at::parallel_for(0, q.size(0) * H, 16, [&](int64_t begin, int64_t end) {
+  const float* qp = qkv.data_ptr<float>();
+  const float* kp = qp + H * D;
+  const float* vp = qp + 2 * H * D;
+  float* dqp = dqkv.data_ptr<float>();
+  float* dkp = dqp + H * D;
+  float* dvp = dqp + 2 * H * D;
+  at::parallel_for(0, qkv.size(0) * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> qt(D * s.P), gt(D * s.P), a(L * s.P), ds(L * s.P), dqt(D * s.P);
     std::vector<vec> heap(DC > 0 ? 0 : D);
     vec stack[DC > 0 ? DC : 1];
@@ -191,10 +192,15 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& q, cons
     float* __restrict__ dvj = dkj + D;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t base = (task / H) * L * s.row + (task % H) * D;
+      const int64_t gbase = (task / H) * L * s.orow + (task % H) * D;
+      if (task % H == 0 && task + H < end) {
+        prefetch(qp + base + L * s.row, L * s.row);
+        prefetch(gp + gbase + L * s.orow, L * s.orow);
+      }
       const float* __restrict__ kb = kp + base;
       const float* __restrict__ vb = vp + base;
-      transpose(qp + base, s, qt.data());
-      transpose(gp + base, s, gt.data());
+      transpose(qp + base, s.row, s, qt.data());
+      transpose(gp + gbase, s.orow, s, gt.data());
       for (int64_t i = 0; i < s.P; i += kLanes) {
         weights_block<DC>(qt.data(), kb, s, scale, i, a.data());
         // dA_ij = <dO_i, v_j>; softmax backward dS_ij = a_ij (dA_ij - sum_j' a_ij' dA_ij') * scale
@@ -217,13 +223,13 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& q, cons
       }
       // dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i over the real queries i < L
       if constexpr (DC > 0 && DC % kW == 0) {
-        key_gradients_blocked<DC>(qp + base, gp + base, a.data(), ds.data(), s, dkp + base, dvp + base);
+        key_gradients_blocked<DC>(qp + base, gp + gbase, a.data(), ds.data(), s, dkp + base, dvp + base);
       } else {
         for (int64_t j = 0; j < L; ++j) {
           for (int64_t c = 0; c < D; ++c) dkj[c] = dvj[c] = 0.f;
           for (int64_t i = 0; i < L; ++i) {
             const float* __restrict__ qi = qp + base + i * s.row;
-            const float* __restrict__ gi = gp + base + i * s.row;
+            const float* __restrict__ gi = gp + gbase + i * s.orow;
             const float x = ds[j * s.P + i], w = a[j * s.P + i];
             for (int64_t c = 0; c < D; ++c) {
               dkj[c] += x * qi[c];
@@ -255,30 +261,33 @@ void by_width(int64_t d, Fn&& fn) {
 
 }  // namespace
 
-// out [B, L, H, d] = softmax(q k^T * scale) v per (example, head).
-torch::Tensor field_attention_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale) {
-  check(q, "q"); check(k, "k"); check(v, "v");
-  TORCH_CHECK(q.sizes() == k.sizes() && q.sizes() == v.sizes(), "q, k, v must have one shape");
-  TORCH_CHECK(q.size(1) > 0, "need at least one token");
-  auto out = torch::empty_like(q);
-  by_width(q.size(3), [&](auto dc) { forward_kernel<decltype(dc)::value>(q, k, v, scale, out); });
+static void check_qkv(const torch::Tensor& qkv) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == torch::kFloat32 && qkv.is_contiguous() &&
+              qkv.dim() == 5 && qkv.size(2) == 3 && qkv.size(1) > 0,
+              "qkv: expected a contiguous float32 CPU tensor [B, L, 3, H, d] with L > 0");
+}
+
+// out [B, L, H, d] = softmax(q k^T * scale) v per (example, head), for qkv = [B, L, (q, k, v), H, d].
+torch::Tensor field_attention_forward(torch::Tensor qkv, double scale) {
+  check_qkv(qkv);
+  auto out = torch::empty({qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)}, qkv.options());
+  by_width(qkv.size(4), [&](auto dc) { forward_kernel<decltype(dc)::value>(qkv, scale, out); });
   return out;
 }
 
-// (dq, dk, dv), each [B, L, H, d], for the upstream gradient of ``out``.
-std::vector<torch::Tensor> field_attention_backward(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k,
-                                                    torch::Tensor v, double scale) {
+// d(qkv) [B, L, 3, H, d] for the upstream gradient of ``out``.
+torch::Tensor field_attention_backward(torch::Tensor grad_out, torch::Tensor qkv, double scale) {
+  check_qkv(qkv);
   grad_out = grad_out.contiguous();
-  check(grad_out, "grad_out"); check(q, "q"); check(k, "k"); check(v, "v");
-  TORCH_CHECK(grad_out.sizes() == q.sizes(), "grad_out must have the shape of q");
-  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-  by_width(q.size(3), [&](auto dc) {
-    backward_kernel<decltype(dc)::value>(grad_out, q, k, v, scale, dq, dk, dv);
-  });
-  return {dq, dk, dv};
+  TORCH_CHECK(grad_out.scalar_type() == torch::kFloat32 &&
+              grad_out.sizes() == torch::IntArrayRef({qkv.size(0), qkv.size(1), qkv.size(3), qkv.size(4)}),
+              "grad_out must be float32 [B, L, H, d] for qkv [B, L, 3, H, d]");
+  auto dqkv = torch::empty_like(qkv);
+  by_width(qkv.size(4), [&](auto dc) { backward_kernel<decltype(dc)::value>(grad_out, qkv, scale, dqkv); });
+  return dqkv;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &field_attention_forward, "fused field attention: out");
-  m.def("backward", &field_attention_backward, "fused field attention backward: (dq, dk, dv)");
+  m.def("forward", &field_attention_forward, "fused field attention: out [B, L, H, d]");
+  m.def("backward", &field_attention_backward, "fused field attention backward: d(qkv) [B, L, 3, H, d]");
 }
