@@ -20,12 +20,14 @@ import hashlib
 import logging
 import os
 import platform
+import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,12 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _cache_dir(key: str) -> Path:
-    root = os.environ.get("CTR_KERNEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctr"
-    return Path(root) / "kernels" / key
+def _cache_dirs(key: str) -> list[Path]:
+    """Where to build: ``$CTR_KERNEL_CACHE``, else the user cache, else the temp dir (read-only home)."""
+    if os.environ.get("CTR_KERNEL_CACHE"):
+        return [Path(os.environ["CTR_KERNEL_CACHE"]) / key]
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctr" / "kernels" / key
+    return [user, Path(tempfile.gettempdir()) / f"ctr-kernels-{os.getuid()}" / key]
 
 
 def kernel() -> ModuleType | None:
@@ -78,9 +83,18 @@ def _build() -> tuple[ModuleType | None, str | None]:
     for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode()):
         digest.update(part)
     key = digest.hexdigest()[:16]
-    build_dir = _cache_dir(key)
+    build_dir = None
+    for candidate in _cache_dirs(key):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            build_dir = candidate
+            break
+    if build_dir is None:
+        return None, f"no writable kernel cache among {[str(d) for d in _cache_dirs(key)]} (set CTR_KERNEL_CACHE)"
     try:
-        build_dir.mkdir(parents=True, exist_ok=True)
         module = cpp_extension.load(
             name=f"ctr_field_attention_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
             extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
@@ -122,6 +136,21 @@ def _backward(ctx, grad: torch.Tensor):
 
 
 _fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _attention_flops(qkv_shape) -> int:
+    batch, tokens, _, heads, width = qkv_shape
+    return 4 * batch * heads * tokens * tokens * width  # q kᵀ and (weights) v, 2 FLOPs per multiply-add
+
+
+@register_flop_formula(torch.ops.ctr.field_attention)
+def _(qkv_shape, scale, *args, **kwargs) -> int:
+    return _attention_flops(qkv_shape)
+
+
+@register_flop_formula(torch.ops.ctr.field_attention_backward)
+def _(grad_shape, qkv_shape, scale, *args, **kwargs) -> int:
+    return 2 * _attention_flops(qkv_shape)  # dq, dk, dv and d(weights); the recomputed softmax not counted
 
 
 def fused_applies(qkv: torch.Tensor, dropout_p: float) -> bool:

@@ -101,3 +101,25 @@ def test_switching_the_kernel_off_uses_sdpa_with_the_same_result():
     torch.manual_seed(0)
     q = torch.randn(2, 7, 2, 8)
     assert float(done.stdout) == pytest.approx(fa.field_attention(q, q, q, 0.5).sum().item(), abs=1e-4)
+
+
+def test_an_unwritable_cache_falls_back_with_a_reason():
+    code = ("import torch; from ctr.models.layers import field_attention as fa\n"
+            "q = torch.randn(2, 7, 2, 8)\n"
+            "assert fa.kernel() is None, 'built anyway'\n"
+            "print(fa.unavailable_reason())\n"
+            "assert fa.field_attention(q, q, q, 0.5).shape == q.shape\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CTR_KERNEL_CACHE": "/proc/no-such-dir"})
+    assert done.returncode == 0, done.stderr
+    assert "no writable kernel cache" in done.stdout and "CTR_KERNEL_CACHE" in done.stdout
+
+
+def test_flop_counter_counts_the_attention():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    qkv = torch.randn(4, 10, 3, 2, 8, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        fa.packed_field_attention(qkv, 0.3).sum().backward()
+    # forward q kᵀ and weights·v: 2 · (2 · B·H·L²·d); backward twice that
+    assert counter.get_total_flops() == 3 * 4 * 4 * 2 * 10 * 10 * 8
