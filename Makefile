@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ray_scale
 	$(BIN)/python -m benchmarks.serving_latency
 	$(BIN)/python -m benchmarks.step_profile
+	$(BIN)/python -m benchmarks.field_attention
 	$(BIN)/python -m benchmarks.embedding_methods --seeds 2021 2022 2023
 	$(BIN)/python -m benchmarks.unified_budget pipelines/examples/unified_ml100k.yaml --budgets 0.1 0.5 1.0 --seeds 2021 --out bench-results/unified_ml100k.json
 

@@ -6,8 +6,9 @@ overhead (its flash kernel is tiled for long sequences; batched GEMM on 39 × 8 
 ``csrc/field_attention.cpp`` computes one (example, head) pair per task with everything in L1, forward
 and backward (the backward recomputes the softmax rather than saving ``[B, H, L, L]``).
 
-The extension is compiled on first use with the machine's compiler (about 25 s) into a cache keyed
-by the source, the torch version and the CPU's instruction-set flags, then loaded from there.
+The extension is compiled on first use with the machine's compiler (about 25 s on 2 cores) into a
+cache keyed by the source (text and path), the torch version and the CPU's instruction-set flags
+(it is built with ``-march=native``), then loaded from there.
 :func:`field_attention` falls back to ``scaled_dot_product_attention`` whenever the kernel does not
 apply (CUDA, float64, attention dropout while training) or cannot be built; the reason is logged once.
 ``CTR_FUSED_ATTENTION=0`` turns the kernel off; ``CTR_KERNEL_CACHE`` moves the cache.
@@ -80,7 +81,11 @@ def _build() -> tuple[ModuleType | None, str | None]:
     except ImportError as exc:  # pragma: no cover - part of every torch wheel
         return None, f"torch.utils.cpp_extension unavailable ({exc})"
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode()):
+    # Also the source's path and torch's (as imported, symlinks kept): ninja rebuilds when the compile
+    # command changes, so two checkouts or two paths to one venv sharing a build directory would
+    # rebuild each other's kernel on every switch.
+    for part in (SOURCE.read_bytes(), str(SOURCE.resolve()).encode(), os.path.dirname(torch.__file__).encode(),
+                 torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode()):
         digest.update(part)
     key = digest.hexdigest()[:16]
     build_dir = None
