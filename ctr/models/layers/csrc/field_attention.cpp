@@ -1,14 +1,15 @@
 // Fused multi-head self-attention over a few dozen field tokens (AutoInt's interacting block), forward
 // and backward, for float32 CPU tensors. Built and loaded by ctr/models/layers/field_attention.py.
 //
-// q, k and v come packed as [B, L, 3, H, d] (one projection matmul's [B, L, 3*H*d] output viewed per
-// head, so no transpose copies; their gradient comes back in the same layout); out is [B, L, H, d]. One (example, head) pair is one task whose operands and L x L weights
-// stay in L1; the stock kernels pay per-matrix overhead on 39 x 8 matmuls (batched GEMM, or flash
-// attention tiled for long sequences). Within a task the queries go in blocks of kLanes, one vector
-// lane per query: the softmax over keys is then element-wise across key rows (no horizontal
-// reductions), and the loops over the head width keep their accumulators in registers (the width is
-// a compile-time constant for d in {4, 8, 16, 32}). The backward recomputes the weights rather than
-// reading a saved [B, H, L, L] tensor back from memory.
+// q, k and v come packed as [B, L, 3, H, d]: one projection matmul's [B, L, 3*H*d] output viewed per
+// head, so no transpose copies; their gradient comes back in the same layout. out is [B, L, H, d].
+// One (example, head) pair is one task whose operands and L x L weights stay in L1; the stock kernels
+// pay per-matrix overhead on 39 x 8 matmuls (batched GEMM, or flash attention tiled for long
+// sequences). Within a task the queries go in blocks of kLanes, one vector lane per query: the softmax
+// over keys is then element-wise across key rows (no horizontal reductions), and the loops over the
+// head width keep their accumulators in registers (the width is a compile-time constant for d in
+// {4, 8, 16, 32}). The backward recomputes the weights rather than reading a saved [B, H, L, L]
+// tensor back from memory.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
