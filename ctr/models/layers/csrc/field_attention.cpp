@@ -22,6 +22,7 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int64_t kJ = 4;  // keys per block in the backward's dk/dv loop
 constexpr int64_t kW = 8;  // floats per vector over the head width
+constexpr int64_t kC = 16;  // head-width accumulators (vectors of kLanes queries) held in registers at once
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));  // GCC/Clang vector extension
 typedef float wvec __attribute__((vector_size(kW * sizeof(float))));
 typedef int32_t ivec __attribute__((vector_size(kLanes * sizeof(int32_t))));
@@ -49,6 +50,13 @@ inline vec exp_nonpositive(vec x) {
 // q/k/v rows would otherwise stall on memory); ``n`` floats from ``p``.
 inline void prefetch(const float* p, int64_t n) {
   for (int64_t x = 0; x < n; x += 64 / sizeof(float)) __builtin_prefetch(p + x);
+}
+
+// Widths handled in the pass starting at c0: kC at most, a compile-time constant when DC is.
+template <int64_t DC>
+inline int64_t chunk(int64_t D, int64_t c0) {
+  if constexpr (DC > 0) return DC < kC ? DC : kC;
+  return std::min(kC, D - c0);
 }
 
 struct Shape {
@@ -99,9 +107,7 @@ void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
   float* op = out.data_ptr<float>();
   at::parallel_for(0, qkv.size(0) * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> qt(D * s.P), a(L * s.P), ot(D * s.P);
-    std::vector<vec> heap(DC > 0 ? 0 : D);
-    vec stack[DC > 0 ? DC : 1];
-    vec* __restrict__ acc = DC > 0 ? stack : heap.data();
+    vec acc[kC];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t base = (task / H) * L * s.row + (task % H) * D;
       const int64_t obase = (task / H) * L * s.orow + (task % H) * D;
@@ -109,13 +115,16 @@ void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
       transpose(qp + base, s.row, s, qt.data());
       for (int64_t i = 0; i < s.P; i += kLanes) {
         weights_block<DC>(qt.data(), kp + base, s, scale, i, a.data());
-        for (int64_t c = 0; c < D; ++c) acc[c] = vec{};
-        for (int64_t j = 0; j < L; ++j) {  // out_i = sum_j a_ij v_j
-          const vec aj = load(a.data() + j * s.P + i);
-          const float* __restrict__ vj = vp + base + j * s.row;
-          for (int64_t c = 0; c < D; ++c) acc[c] += vj[c] * aj;
+        for (int64_t c0 = 0; c0 < D; c0 += kC) {  // out_i = sum_j a_ij v_j, kC widths at a time
+          const int64_t nc = chunk<DC>(D, c0);
+          for (int64_t c = 0; c < nc; ++c) acc[c] = vec{};
+          for (int64_t j = 0; j < L; ++j) {
+            const vec aj = load(a.data() + j * s.P + i);
+            const float* __restrict__ vj = vp + base + j * s.row + c0;
+            for (int64_t c = 0; c < nc; ++c) acc[c] += vj[c] * aj;
+          }
+          for (int64_t c = 0; c < nc; ++c) store(ot.data() + (c0 + c) * s.P + i, acc[c]);
         }
-        for (int64_t c = 0; c < D; ++c) store(ot.data() + c * s.P + i, acc[c]);
       }
       for (int64_t i = 0; i < L; ++i)
         for (int64_t c = 0; c < D; ++c) op[obase + i * s.orow + c] = ot[c * s.P + i];
@@ -123,14 +132,16 @@ void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
   });
 }
 
-// dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i for i, j < L, kJ keys at a time, the head width
-// in kW-float vectors: every q_i and dO_i loaded feeds 2 kJ multiply-adds held in registers.
+// dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i for i, j < L, JB = kJ keys at a time, the head width
+// in kW-float vectors: every q_i and dO_i loaded feeds 2 JB multiply-adds held in registers (measured:
+// halving JB for widths above 16, where the accumulators spill, was slower).
 // ds and a are [L, P] with the query in the minor index; q, g, dk, dv point at one (example, head).
 template <int64_t DC>
 void key_gradients_blocked(const float* __restrict__ q, const float* __restrict__ g, const float* __restrict__ a,
                            const float* __restrict__ ds, const Shape& s, float* __restrict__ dk,
                            float* __restrict__ dv) {
   constexpr int64_t NC = DC / kW;
+  constexpr int64_t JB = kJ;
   auto flush = [&](const wvec* acc_k, const wvec* acc_v, int64_t j0, int64_t nj) {
     for (int64_t jj = 0; jj < nj; ++jj)
       for (int64_t n = 0; n < NC; ++n) {
@@ -139,13 +150,13 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
       }
   };
   int64_t j0 = 0;
-  for (; j0 + kJ <= s.L; j0 += kJ) {
-    wvec acc_k[kJ * NC] = {}, acc_v[kJ * NC] = {};
+  for (; j0 + JB <= s.L; j0 += JB) {
+    wvec acc_k[JB * NC] = {}, acc_v[JB * NC] = {};
     for (int64_t i = 0; i < s.L; ++i) {
       wvec qi[NC], gi[NC];
       __builtin_memcpy(qi, q + i * s.row, sizeof qi);
       __builtin_memcpy(gi, g + i * s.orow, sizeof gi);
-      for (int64_t jj = 0; jj < kJ; ++jj) {
+      for (int64_t jj = 0; jj < JB; ++jj) {
         const float x = ds[(j0 + jj) * s.P + i], w = a[(j0 + jj) * s.P + i];
         for (int64_t n = 0; n < NC; ++n) {
           acc_k[jj * NC + n] += x * qi[n];
@@ -153,7 +164,7 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
         }
       }
     }
-    flush(acc_k, acc_v, j0, kJ);
+    flush(acc_k, acc_v, j0, JB);
   }
   for (; j0 < s.L; ++j0) {
     wvec acc_k[NC] = {}, acc_v[NC] = {};
@@ -184,9 +195,7 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& qkv, fl
   float* dvp = dqp + 2 * H * D;
   at::parallel_for(0, qkv.size(0) * H, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> qt(D * s.P), gt(D * s.P), a(L * s.P), ds(L * s.P), dqt(D * s.P);
-    std::vector<vec> heap(DC > 0 ? 0 : D);
-    vec stack[DC > 0 ? DC : 1];
-    vec* __restrict__ acc = DC > 0 ? stack : heap.data();
+    vec acc[kC];
     std::vector<float> rheap(DC > 0 ? 0 : 2 * D);
     float rstack[DC > 0 ? 2 * DC : 1];
     float* __restrict__ dkj = DC > 0 ? rstack : rheap.data();
@@ -213,14 +222,19 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& qkv, fl
           store(ds.data() + j * s.P + i, x);
           dot += load(a.data() + j * s.P + i) * x;
         }
-        for (int64_t c = 0; c < D; ++c) acc[c] = vec{};
-        for (int64_t j = 0; j < L; ++j) {  // dq_i = sum_j dS_ij k_j
-          const vec x = load(a.data() + j * s.P + i) * (load(ds.data() + j * s.P + i) - dot) * scale;
-          store(ds.data() + j * s.P + i, x);
-          const float* __restrict__ kj = kb + j * s.row;
-          for (int64_t c = 0; c < D; ++c) acc[c] += kj[c] * x;
+        for (int64_t j = 0; j < L; ++j)
+          store(ds.data() + j * s.P + i,
+                load(a.data() + j * s.P + i) * (load(ds.data() + j * s.P + i) - dot) * scale);
+        for (int64_t c0 = 0; c0 < D; c0 += kC) {  // dq_i = sum_j dS_ij k_j, kC widths at a time
+          const int64_t nc = chunk<DC>(D, c0);
+          for (int64_t c = 0; c < nc; ++c) acc[c] = vec{};
+          for (int64_t j = 0; j < L; ++j) {
+            const vec x = load(ds.data() + j * s.P + i);
+            const float* __restrict__ kj = kb + j * s.row + c0;
+            for (int64_t c = 0; c < nc; ++c) acc[c] += kj[c] * x;
+          }
+          for (int64_t c = 0; c < nc; ++c) store(dqt.data() + (c0 + c) * s.P + i, acc[c]);
         }
-        for (int64_t c = 0; c < D; ++c) store(dqt.data() + c * s.P + i, acc[c]);
       }
       // dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i over the real queries i < L
       if constexpr (DC > 0 && DC % kW == 0) {
