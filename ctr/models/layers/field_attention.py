@@ -7,8 +7,8 @@ overhead (its flash kernel is tiled for long sequences; batched GEMM on 39 × 8 
 and backward (the backward recomputes the softmax rather than saving ``[B, H, L, L]``).
 
 The extension is compiled on first use with the machine's compiler (about 25 s on 2 cores) into a
-cache keyed by the source (text and path), the torch version and the CPU's instruction-set flags
-(it is built with ``-march=native``), then loaded from there.
+cache keyed by the source (text and path), torch (path and version) and the CPU's instruction-set
+flags (it is built with ``-march=native``), then loaded from there.
 :func:`field_attention` falls back to ``scaled_dot_product_attention`` whenever the kernel does not
 apply (CUDA, float64, attention dropout while training) or cannot be built; the reason is logged once.
 ``CTR_FUSED_ATTENTION=0`` turns the kernel off; ``CTR_KERNEL_CACHE`` moves the cache.
