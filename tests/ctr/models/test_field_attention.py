@@ -89,30 +89,30 @@ def test_the_op_is_registered_for_torch_compile():
     torch.testing.assert_close(compiled(q, k, v).double(), reference(q, k, v, 0.35), rtol=1e-5, atol=1e-5)
 
 
-def test_switching_the_kernel_off_uses_sdpa_with_the_same_result():
-    code = ("import torch; from ctr.models.layers import field_attention as fa\n"
-            "torch.manual_seed(0); q = torch.randn(2, 7, 2, 8)\n"
-            "assert fa.kernel() is None and fa.unavailable_reason() == 'CTR_FUSED_ATTENTION=0'\n"
-            "assert not fa.fused_applies(torch.stack((q, q, q), dim=2), 0.0)\n"
-            "print(repr(fa.field_attention(q, q, q, 0.5).sum().item()))\n")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CTR_FUSED_ATTENTION": "0"})
+def run_fresh(code: str, **env: str) -> str:
+    """stdout of ``code`` run in a fresh interpreter with ``env`` added (the kernel state is per process)."""
+    done = subprocess.run([sys.executable, "-c", "import torch; from ctr.models.layers import field_attention as fa\n"
+                           + code], check=False, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_switching_the_kernel_off_uses_sdpa_with_the_same_result():
+    out = run_fresh("torch.manual_seed(0); q = torch.randn(2, 7, 2, 8)\n"
+                    "assert fa.kernel() is None and fa.unavailable_reason() == 'CTR_FUSED_ATTENTION=0'\n"
+                    "assert not fa.fused_applies(torch.stack((q, q, q), dim=2), 0.0)\n"
+                    "print(repr(fa.field_attention(q, q, q, 0.5).sum().item()))\n", CTR_FUSED_ATTENTION="0")
     torch.manual_seed(0)
     q = torch.randn(2, 7, 2, 8)
-    assert float(done.stdout) == pytest.approx(fa.field_attention(q, q, q, 0.5).sum().item(), abs=1e-4)
+    assert float(out) == pytest.approx(fa.field_attention(q, q, q, 0.5).sum().item(), abs=1e-4)
 
 
 def test_an_unwritable_cache_falls_back_with_a_reason():
-    code = ("import torch; from ctr.models.layers import field_attention as fa\n"
-            "q = torch.randn(2, 7, 2, 8)\n"
-            "assert fa.kernel() is None, 'built anyway'\n"
-            "print(fa.unavailable_reason())\n"
-            "assert fa.field_attention(q, q, q, 0.5).shape == q.shape\n")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CTR_KERNEL_CACHE": "/proc/no-such-dir"})
-    assert done.returncode == 0, done.stderr
-    assert "no writable kernel cache" in done.stdout and "CTR_KERNEL_CACHE" in done.stdout
+    out = run_fresh("q = torch.randn(2, 7, 2, 8)\n"
+                    "assert fa.kernel() is None, 'built anyway'\n"
+                    "print(fa.unavailable_reason())\n"
+                    "assert fa.field_attention(q, q, q, 0.5).shape == q.shape\n", CTR_KERNEL_CACHE="/proc/no-such-dir")
+    assert "no writable kernel cache" in out and "CTR_KERNEL_CACHE" in out
 
 
 def test_flop_counter_counts_the_attention():

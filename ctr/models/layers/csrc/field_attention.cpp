@@ -64,6 +64,13 @@ struct Shape {
   int64_t row, orow;  // token strides of q/k/v (and their gradients) and of out (and its gradient)
 };
 
+// The Shape of packed qkv [B, L, 3, H, d]; D is the compile-time width DC when there is one.
+template <int64_t DC>
+Shape shape_of(const torch::Tensor& qkv) {
+  const int64_t L = qkv.size(1), H = qkv.size(3), D = DC > 0 ? DC : qkv.size(4);
+  return {L, (L + kLanes - 1) / kLanes * kLanes, D, 3 * H * D, H * D};
+}
+
 // xt[c * P + i] = x[i, c], zero for the padding i >= L, for one (example, head).
 inline void transpose(const float* __restrict__ x, int64_t stride, const Shape& s, float* __restrict__ xt) {
   for (int64_t c = 0; c < s.D; ++c)
@@ -99,8 +106,8 @@ inline void weights_block(const float* __restrict__ qt, const float* __restrict_
 
 template <int64_t DC>
 void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
-  const int64_t L = qkv.size(1), H = qkv.size(3), D = DC > 0 ? DC : qkv.size(4);
-  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, 3 * H * D, H * D};
+  const Shape s = shape_of<DC>(qkv);
+  const int64_t L = s.L, H = qkv.size(3), D = s.D;
   const float* qp = qkv.data_ptr<float>();
   const float* kp = qp + H * D;
   const float* vp = qp + 2 * H * D;
@@ -132,16 +139,15 @@ void forward_kernel(const torch::Tensor& qkv, float scale, torch::Tensor& out) {
   });
 }
 
-// dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i for i, j < L, JB = kJ keys at a time, the head width
-// in kW-float vectors: every q_i and dO_i loaded feeds 2 JB multiply-adds held in registers (measured:
-// halving JB for widths above 16, where the accumulators spill, was slower).
+// dk_j = sum_i dS_ij q_i and dv_j = sum_i a_ij dO_i for i, j < L, kJ keys at a time, the head width
+// in kW-float vectors: every q_i and dO_i loaded feeds 2 kJ multiply-adds held in registers (measured:
+// halving kJ for widths above 16, where the accumulators spill, was slower).
 // ds and a are [L, P] with the query in the minor index; q, g, dk, dv point at one (example, head).
 template <int64_t DC>
 void key_gradients_blocked(const float* __restrict__ q, const float* __restrict__ g, const float* __restrict__ a,
                            const float* __restrict__ ds, const Shape& s, float* __restrict__ dk,
                            float* __restrict__ dv) {
   constexpr int64_t NC = DC / kW;
-  constexpr int64_t JB = kJ;
   auto flush = [&](const wvec* acc_k, const wvec* acc_v, int64_t j0, int64_t nj) {
     for (int64_t jj = 0; jj < nj; ++jj)
       for (int64_t n = 0; n < NC; ++n) {
@@ -150,13 +156,13 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
       }
   };
   int64_t j0 = 0;
-  for (; j0 + JB <= s.L; j0 += JB) {
-    wvec acc_k[JB * NC] = {}, acc_v[JB * NC] = {};
+  for (; j0 + kJ <= s.L; j0 += kJ) {
+    wvec acc_k[kJ * NC] = {}, acc_v[kJ * NC] = {};
     for (int64_t i = 0; i < s.L; ++i) {
       wvec qi[NC], gi[NC];
       __builtin_memcpy(qi, q + i * s.row, sizeof qi);
       __builtin_memcpy(gi, g + i * s.orow, sizeof gi);
-      for (int64_t jj = 0; jj < JB; ++jj) {
+      for (int64_t jj = 0; jj < kJ; ++jj) {
         const float x = ds[(j0 + jj) * s.P + i], w = a[(j0 + jj) * s.P + i];
         for (int64_t n = 0; n < NC; ++n) {
           acc_k[jj * NC + n] += x * qi[n];
@@ -164,7 +170,7 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
         }
       }
     }
-    flush(acc_k, acc_v, j0, JB);
+    flush(acc_k, acc_v, j0, kJ);
   }
   for (; j0 < s.L; ++j0) {
     wvec acc_k[NC] = {}, acc_v[NC] = {};
@@ -184,8 +190,8 @@ void key_gradients_blocked(const float* __restrict__ q, const float* __restrict_
 
 template <int64_t DC>
 void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& qkv, float scale, torch::Tensor& dqkv) {
-  const int64_t L = qkv.size(1), H = qkv.size(3), D = DC > 0 ? DC : qkv.size(4);
-  const Shape s{L, (L + kLanes - 1) / kLanes * kLanes, D, 3 * H * D, H * D};
+  const Shape s = shape_of<DC>(qkv);
+  const int64_t L = s.L, H = qkv.size(3), D = s.D;
   const float* gp = grad_out.data_ptr<float>();
   const float* qp = qkv.data_ptr<float>();
   const float* kp = qp + H * D;
