@@ -4,21 +4,44 @@ A checkpoint written by N ranks loads into a plain unsharded model in a process 
 process group (export, serving) or into a model sharded differently.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+
+@contextmanager
+def _interrupts_unwrapped() -> Iterator[None]:
+    """Re-raise a ``KeyboardInterrupt`` that DCP caught mid-save or mid-load as itself.
+
+    DCP catches every ``BaseException`` of its steps and re-raises them wrapped in a
+    ``CheckpointException``, so Ctrl-C (or SIGTERM turned into an interrupt by ``ctr run``) that lands
+    inside a checkpoint write would otherwise end the process as a crash with a traceback instead of
+    as an interrupted run.
+    """
+    try:
+        yield
+    except CheckpointException as exc:
+        for failure, _trace in exc.failures.values():
+            if isinstance(failure, KeyboardInterrupt):
+                raise failure from None
+        raise
 
 
 def save(model: torch.nn.Module, path: str | Path) -> None:
     """Save ``model.state_dict()`` (sharded tensors included) under ``path`` (every rank calls this)."""
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(path))
+    with _interrupts_unwrapped():
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(path))
 
 
 def load(model: torch.nn.Module, path: str | Path) -> None:
     """Load a DCP checkpoint into ``model`` in place, whatever its sharding (or none)."""
     state = model.state_dict()
-    dcp.load({"model": state}, checkpoint_id=str(path))
+    with _interrupts_unwrapped():
+        dcp.load({"model": state}, checkpoint_id=str(path))
     model.load_state_dict(state)
 
 
@@ -55,7 +78,8 @@ def save_resumable(model: torch.nn.Module, optimizer, state: dict, path: str | P
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+    with _interrupts_unwrapped():
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save(torch.get_rng_state(), path / f"rng-{rank}.pt")
     if rank == 0:
@@ -77,7 +101,8 @@ def load_resumable(model: torch.nn.Module, optimizer, path: str | Path) -> dict:
     if hasattr(optimizer, "init_state"):  # torch optimizers create their state lazily: make the slots to load into
         optimizer.init_state()
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
-    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+    with _interrupts_unwrapped():
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     doc = json.loads((path / STATE_FILE).read_text())
