@@ -167,8 +167,11 @@ def _compact_prepared(prepared: PreparedData, result: CompactResult) -> Prepared
 
 
 def baseline_spec(spec):
-    """The full backbone: the same model and training budget with plain tables (the method's plain options)."""
+    """The full backbone: the same model and training budget with plain tables (the method's plain options),
+    or the method's own ``baseline()`` embedding where it has one (``unified_optfs``: ungated ``unified``)."""
     emb = spec.embedding
+    if callable(getattr(emb, "baseline", None)):
+        return dataclasses.replace(spec, embedding=emb.baseline())
     plain = PlainEmbeddingConfig(init_std=getattr(emb, "init_std", 0.01), l2=getattr(emb, "l2", 0.0),
                                  mba_l2=getattr(emb, "mba_l2", 0.0))
     return dataclasses.replace(spec, embedding=plain)
@@ -235,5 +238,5 @@ def run_baseline(spec, tracker, prepared: PreparedData, run_dir: Path, evaluate_
             record.end(status)
         tracker.log_metrics({**{f"baseline_test_{k}": v for k, v in test.items()},
                              "baseline_embedding_params": params})
-    return {"model": spec.model.name, "embedding": "plain", "test": test, "embedding_params": params,
+    return {"model": spec.model.name, "embedding": bspec.embedding.name, "test": test, "embedding_params": params,
             "valid": trained.valid, "best_epoch": trained.fit.best_epoch}

@@ -13,6 +13,7 @@ from ctr.embeddings.optembed import OptEmbedConfig, OptEmbedEmbedding
 from ctr.embeddings.optfs import OptFSConfig, OptFSEmbedding
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.embeddings.unified import UnifiedEmbedding, UnifiedEmbeddingConfig
+from ctr.embeddings.unified_optfs import UnifiedOptFSConfig, UnifiedOptFSEmbedding
 from ctr.errors import ConfigError
 
 METHODS = {
@@ -24,6 +25,7 @@ METHODS = {
     "mixed_dim": (MixedDimConfig, MixedDimEmbedding),  # per-table widths + projections (dimension searches' output)
     "dnis": (DNISConfig, DNISEmbedding),  # a search method: phases in ctr.search.SEARCHES
     "block_dim": (BlockDimConfig, BlockDimEmbedding),  # per-(table, frequency block) widths (DNIS's output)
+    "unified_optfs": (UnifiedOptFSConfig, UnifiedOptFSEmbedding),  # a search method: OptFS gates on unified rows
 }
 
 
@@ -45,4 +47,5 @@ def parse_embedding_config(raw: dict | None, path: str = "embedding") -> StrictC
 
 __all__ = ["METHODS", "BlockDimConfig", "BlockDimEmbedding", "DNISConfig", "DNISEmbedding", "HashedEmbedding", "HashedEmbeddingConfig", "MixedDimConfig", "MixedDimEmbedding",
            "OptEmbedConfig", "OptEmbedEmbedding", "OptFSConfig", "OptFSEmbedding", "PlainEmbedding",
-           "PlainEmbeddingConfig", "UnifiedEmbedding", "UnifiedEmbeddingConfig", "parse_embedding_config"]
+           "PlainEmbeddingConfig", "UnifiedEmbedding", "UnifiedEmbeddingConfig", "UnifiedOptFSConfig",
+           "UnifiedOptFSEmbedding", "parse_embedding_config"]

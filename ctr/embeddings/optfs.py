@@ -62,6 +62,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.config import StrictConfig
 from ctr.embeddings.base import FieldEmbedding, FieldLayout, require_single_id_fields
 from ctr.embeddings.plain import PlainEmbedding, PlainEmbeddingConfig
 from ctr.embeddings.tables import GATE_SUFFIX, TABLE_OPTIMIZER
@@ -72,29 +73,37 @@ CAPTURE_LR = 1.0  # the gate tables' fused SGD learning rate: column GRAD receiv
 BETAS, EPS = (0.9, 0.999), 1e-8
 
 
-class OptFSConfig(PlainEmbeddingConfig):
-    """YAML ``embedding:`` of OptFS (plus the plain options ``init_std`` and ``l2``).
+class GateOptions(StrictConfig):
+    """OptFS's gate options, shared by ``optfs`` and ``unified_optfs`` (:mod:`ctr.embeddings.unified_optfs`).
 
     Args:
-        name (str): ``optfs``.
         mask_init (float): initial gate parameter m (0.5 in the paper's code).
         final_temp (float): temperature reached in the last search epoch (paper grid 100…10000).
         search_epochs (int): search epochs E (the retrain phase uses ``train.epochs``).
         rewind (int): 0-based search epoch whose starting weights the retrain starts from (0 = the init).
         penalty (float): λ of ``λ · Σ_all gates σ(τ·m)`` (a sum over the whole table: scale λ down as tables
             grow; the paper's 1e-9…1e-8 is for ~10^6-10^8 rows).
-        gate_first_order (bool): also gate the first-order weights (FM, DeepFM, AutoInt+ wide part).
         mode (str): ``search`` (soft gates, set by the search phase) or ``ticket`` (hard gates).
     """
 
-    name: Literal["optfs"] = "optfs"
     mask_init: float = 0.5
     final_temp: float = Field(200.0, ge=1.0)
     search_epochs: int = Field(5, ge=1)
     rewind: int = Field(1, ge=0)
     penalty: float = Field(1e-8, ge=0.0)
-    gate_first_order: bool = True
     mode: Literal["search", "ticket"] = "search"
+
+
+class OptFSConfig(PlainEmbeddingConfig, GateOptions):
+    """YAML ``embedding:`` of OptFS: :class:`GateOptions` plus the plain options ``init_std`` and ``l2``.
+
+    Args:
+        name (str): ``optfs``.
+        gate_first_order (bool): also gate the first-order weights (FM, DeepFM, AutoInt+ wide part).
+    """
+
+    name: Literal["optfs"] = "optfs"
+    gate_first_order: bool = True
 
 
 def temperature(epoch: int, search_epochs: int, final_temp: float) -> float:
@@ -110,45 +119,20 @@ def temperature(epoch: int, search_epochs: int, final_temp: float) -> float:
     return float(final_temp) ** (min(epoch, search_epochs - 1) / (search_epochs - 1))
 
 
-class OptFSEmbedding(PlainEmbedding):
-    """Plain tables plus a gate table per table; ``[B, F, D]`` with the sparse fields' vectors gated.
+class GatedTables:
+    """The gate tables of OptFS and their whole-table updates, for any field embedding that has them.
 
-    Args:
-        layout (FieldLayout): schema and table sizes.
-        dim (int): embedding width (a multiple of 4).
-        config (OptFSConfig): method options.
-        device (torch.device | None): device of the embedding and gate tables (``meta`` to shard them).
-
-    Example::
-
-        >>> from ctr.features.schema import Schema
-        >>> emb = OptFSEmbedding(FieldLayout(Schema(fields=[{"name": "u"}]), {"u": 10}), 8, OptFSConfig())
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["u"], torch.tensor([1, 2]), torch.tensor([1, 1]))
-        >>> emb(torch.zeros(2, 0), kjt).shape
-        torch.Size([2, 1, 8])
+    A user sets, in its ``__init__``: ``config`` (a :class:`GateOptions`), ``gate_ebc`` (one ``<t>@gate``
+    table per gated table ``t``: :func:`gate_table_config`), ``gate_tables`` (gated table → gate table name)
+    and ``base_tables`` (gated table → the sharded table's name), then calls :meth:`init_gates`.
     """
 
-    def __init__(self, layout: FieldLayout, dim: int, config: OptFSConfig,
-                 device: torch.device | None = None, prefix: str = "") -> None:
-        schema = layout.schema
-        require_single_id_fields(layout, "OptFS")
-        super().__init__(layout, dim, config, device, prefix)
-        self.config = config
-        self.field_tables = {f.name: f.table_name for f in schema.sparse_fields}
-        self.gate_tables = {t: f"{prefix}{t}{GATE_SUFFIX}" for t in schema.tables}  # table -> its gate table
-        self.base_tables = {t: f"{prefix}{t}" for t in schema.tables}
-        self.gate_ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-            name=self.gate_tables[t], embedding_dim=GATE_WIDTH, num_embeddings=layout.table_sizes[t],
-            feature_names=[s.name for s in specs], pooling=PoolingType.SUM,
-            weight_init_min=float(config.mask_init), weight_init_max=float(config.mask_init),
-        ) for t, specs in schema.tables.items()], device=device)
+    def init_gates(self) -> None:
         for weight in self.gate_ebc.parameters():
             setattr(weight, TABLE_OPTIMIZER, ("sgd", CAPTURE_LR))
         self.steps = 0  # Adam steps taken (bias correction; restarts at 0 in a resumed process)
-        self.scale = 1.0 / (1.0 / (1.0 + math.exp(-config.mask_init)))  # 1 / σ(m_init)
+        self.scale = 1.0 / (1.0 / (1.0 + math.exp(-self.config.mask_init)))  # 1 / σ(m_init)
         self.temperature = 1.0
-        self._first_order_gated = False
-        self._shared: tuple[KeyedJaggedTensor, str, torch.Tensor] | None = None
 
     def start_epoch(self, epoch: int) -> None:
         """Training-loop hook: set τ for 0-based epoch ``epoch`` of the search."""
@@ -169,44 +153,9 @@ class OptFSEmbedding(PlainEmbedding):
         """Gate values of ``ids`` of ``table`` in the current mode (unsharded model)."""
         return self.gate_of(self.gate_params(table)[ids])
 
-    def field_gates(self, sparse: KeyedJaggedTensor, reader: str = "fields") -> torch.Tensor:
-        """``[B, S]`` gates of the batch's sparse fields: one gate-table lookup per forward.
-
-        With first-order gating the model's two readers (``fields``, ``first_order``) both need them: the
-        first to ask looks them up, the other reuses them for the same KJT object, so the fused backward
-        sees one lookup. A reader never reuses its own lookup (a second forward looks up afresh).
-        """
-        shared, self._shared = self._shared, None
-        if shared is not None and shared[0] is sparse and shared[1] != reader:
-            return shared[2]
-        pooled = self.gate_ebc(sparse).to_dict()
-        rows = torch.stack([pooled[n] for n in self.sparse_names], dim=1)  # [B, S, 4]
-        m = rows[..., M].detach() + (rows[..., GRAD] - rows[..., GRAD].detach())  # value of M, gradient to GRAD
-        gates = self.gate_of(m)
-        if self._first_order_gated:
-            self._shared = (sparse, reader, gates)
-        return gates
-
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        fields = super().forward(dense, sparse)  # [B, F, D], sparse fields first
-        if not self.sparse_names:
-            return fields
-        gated = fields[:, :len(self.sparse_names)] * self.field_gates(sparse).unsqueeze(-1)  # [B, S, D]
-        return torch.cat([gated, fields[:, len(self.sparse_names):]], dim=1)
-
-    def gate_first_order(self, first_order: FieldEmbedding) -> FieldEmbedding:
-        """Scale ``first_order``'s sparse fields (``[B, F, 4]``, sparse first) by this method's gates (when
-        configured), through a forward hook: the module and its state-dict keys stay the plain ones."""
-        if self.config.gate_first_order:
-            self._first_order_gated = True
-            count = len(self.sparse_names)
-
-            def gated(module, args, weights: torch.Tensor) -> torch.Tensor:
-                scaled = weights[:, :count] * self.field_gates(args[1], "first_order").unsqueeze(-1)
-                return torch.cat([scaled, weights[:, count:]], dim=1)
-
-            first_order.register_forward_hook(gated)
-        return first_order
+    def captured_gates(self, rows: torch.Tensor) -> torch.Tensor:
+        """Gates of looked-up gate rows ``[..., 4]``: the value of column M, the gradient routed to GRAD."""
+        return self.gate_of(rows[..., M].detach() + (rows[..., GRAD] - rows[..., GRAD].detach()))
 
     def followed_tables(self) -> dict[str, str]:
         """Gate table → embedding table whose sharding placement it copies (same type, ranks, rows)."""
@@ -244,6 +193,87 @@ class OptFSEmbedding(PlainEmbedding):
         """Table → kept ids ``{i : m_i > 0}`` (sign of m, never σ > 0.5 of anything)."""
         return {t: torch.nonzero(self.gate_params(t) > 0).flatten().cpu().numpy().astype(np.int64)
                 for t in self.gate_tables}
+
+
+def gate_table_config(name: str, rows: int, features: list[str], mask_init: float) -> EmbeddingBagConfig:
+    """A ``[rows, 4]`` gate table read by ``features`` (column M starts at ``mask_init``, see
+    :func:`ctr.embeddings.tables.table_values`)."""
+    return EmbeddingBagConfig(name=name, embedding_dim=GATE_WIDTH, num_embeddings=rows, feature_names=features,
+                              pooling=PoolingType.SUM, weight_init_min=float(mask_init),
+                              weight_init_max=float(mask_init))
+
+
+class OptFSEmbedding(GatedTables, PlainEmbedding):
+    """Plain tables plus a gate table per table; ``[B, F, D]`` with the sparse fields' vectors gated.
+
+    Args:
+        layout (FieldLayout): schema and table sizes.
+        dim (int): embedding width (a multiple of 4).
+        config (OptFSConfig): method options.
+        device (torch.device | None): device of the embedding and gate tables (``meta`` to shard them).
+
+    Example::
+
+        >>> from ctr.features.schema import Schema
+        >>> emb = OptFSEmbedding(FieldLayout(Schema(fields=[{"name": "u"}]), {"u": 10}), 8, OptFSConfig())
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["u"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+        >>> emb(torch.zeros(2, 0), kjt).shape
+        torch.Size([2, 1, 8])
+    """
+
+    def __init__(self, layout: FieldLayout, dim: int, config: OptFSConfig,
+                 device: torch.device | None = None, prefix: str = "") -> None:
+        schema = layout.schema
+        require_single_id_fields(layout, "OptFS")
+        super().__init__(layout, dim, config, device, prefix)
+        self.config = config
+        self.field_tables = {f.name: f.table_name for f in schema.sparse_fields}
+        self.gate_tables = {t: f"{prefix}{t}{GATE_SUFFIX}" for t in schema.tables}  # table -> its gate table
+        self.base_tables = {t: f"{prefix}{t}" for t in schema.tables}
+        self.gate_ebc = EmbeddingBagCollection(tables=[
+            gate_table_config(self.gate_tables[t], layout.table_sizes[t], [s.name for s in specs], config.mask_init)
+            for t, specs in schema.tables.items()], device=device)
+        self.init_gates()
+        self._first_order_gated = False
+        self._shared: tuple[KeyedJaggedTensor, str, torch.Tensor] | None = None
+
+    def field_gates(self, sparse: KeyedJaggedTensor, reader: str = "fields") -> torch.Tensor:
+        """``[B, S]`` gates of the batch's sparse fields: one gate-table lookup per forward.
+
+        With first-order gating the model's two readers (``fields``, ``first_order``) both need them: the
+        first to ask looks them up, the other reuses them for the same KJT object, so the fused backward
+        sees one lookup. A reader never reuses its own lookup (a second forward looks up afresh).
+        """
+        shared, self._shared = self._shared, None
+        if shared is not None and shared[0] is sparse and shared[1] != reader:
+            return shared[2]
+        pooled = self.gate_ebc(sparse).to_dict()
+        rows = torch.stack([pooled[n] for n in self.sparse_names], dim=1)  # [B, S, 4]
+        gates = self.captured_gates(rows)
+        if self._first_order_gated:
+            self._shared = (sparse, reader, gates)
+        return gates
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        fields = super().forward(dense, sparse)  # [B, F, D], sparse fields first
+        if not self.sparse_names:
+            return fields
+        gated = fields[:, :len(self.sparse_names)] * self.field_gates(sparse).unsqueeze(-1)  # [B, S, D]
+        return torch.cat([gated, fields[:, len(self.sparse_names):]], dim=1)
+
+    def gate_first_order(self, first_order: FieldEmbedding) -> FieldEmbedding:
+        """Scale ``first_order``'s sparse fields (``[B, F, 4]``, sparse first) by this method's gates (when
+        configured), through a forward hook: the module and its state-dict keys stay the plain ones."""
+        if self.config.gate_first_order:
+            self._first_order_gated = True
+            count = len(self.sparse_names)
+
+            def gated(module, args, weights: torch.Tensor) -> torch.Tensor:
+                scaled = weights[:, :count] * self.field_gates(args[1], "first_order").unsqueeze(-1)
+                return torch.cat([scaled, weights[:, count:]], dim=1)
+
+            first_order.register_forward_hook(gated)
+        return first_order
 
     def ticket_remap(self, sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """``sparse`` with pruned ids (``m ≤ 0``) replaced by the OOV id 0: the hard-gated model's input."""

@@ -13,6 +13,12 @@ chunks of 8 beat 2 chunks of 8 (README, "Vocabulary-free tables"). Vocabulary-en
 (low-cardinality fields: ``features.hash_min_cardinality``) stay collisionless tables of width D.
 Sub-tables are a systems knob (sharding balance): the salts do not depend on them.
 
+Pruned sub-tables (``kept_rows``, the compact model of the ``unified_optfs`` search,
+:mod:`ctr.embeddings.unified_optfs`): sub-table ``unified_<i>`` holds only ``kept_rows[...]`` rows and
+an int32 row map (a buffer ``row_maps.unified_<i>`` the size of the full sub-table, saved with the model)
+sends each hashed row to its kept row, or to row 0, which every pruned row shares. Hashing and salts
+are unchanged, so the bundle and the gRPC scorer need nothing new.
+
 Budget as in :mod:`ctr.embeddings.hashed`: the vocabulary tables keep their rows and the shared
 space gets the remaining ``budget · collisionless`` parameters, split evenly over the sub-tables;
 ``rows`` gives the total rows of the shared space instead.
@@ -49,6 +55,9 @@ class UnifiedEmbeddingConfig(BudgetConfig):
             chunks through its own learned ``k_t · chunk_dim → D`` map (per-feature weights on the shared rows,
             the paper's argument for why inter-feature collisions separate); ``False``: only where the
             concatenation is not ``D`` wide.
+        kept_rows (dict[str, int]): set by the ``unified_optfs`` search, not by hand: pooled sub-table
+            (``unified_<i>``) → its rows after pruning (row 0 shared by every pruned row), read through a
+            saved row map.
     """
 
     name: str = "unified"
@@ -57,12 +66,16 @@ class UnifiedEmbeddingConfig(BudgetConfig):
     chunks_per_feature: dict[str, int] = {}
     num_tables: int = Field(2, ge=1)
     project: bool = True
+    kept_rows: dict[str, int] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "UnifiedEmbeddingConfig":
         bad = {k: v for k, v in self.chunks_per_feature.items() if v < 1}
         if bad:
             raise ValueError(f"chunks_per_feature must be >= 1, got {bad}")
+        bad = {k: v for k, v in self.kept_rows.items() if v < 1}
+        if bad:
+            raise ValueError(f"kept_rows must be >= 1, got {bad}")
         return self
 
 
@@ -131,6 +144,7 @@ class UnifiedEmbedding(FieldEmbedding):
         # chunk) per space (as the TFRS reference does over features), so the chunks of one feature land in
         # independent rows, usually of different sub-tables, and a history reads its candidate's rows
         self.chunk_keys: list[tuple[str, str, int, int]] = []  # (chunk key, field, salt, rows)
+        self.chunk_table: dict[str, str] = {}  # chunk key -> its sub-table (unprefixed)
         self.feature_chunks: dict[str, list[str]] = {}
         members = {sp: [[] for _ in range(config.num_tables)] for sp in ("bag", "seq")}
         slot: dict[tuple[str, int], int] = {}
@@ -151,11 +165,17 @@ class UnifiedEmbedding(FieldEmbedding):
                 self.chunk_keys.append((key, f.name, chunk_salt(f.table_name, c, layout.hash_seed),
                                         self.space_rows[sp]))
                 members[sp][slot[(f.table_name, c)]].append(key)
+                self.chunk_table[key] = (SUB_TABLE if sp == "bag" else SEQ_SUB_TABLE).format(slot[(f.table_name, c)])
                 keys.append(key)
             self.feature_chunks[f.name] = keys
             if widths.setdefault(f.table_name, len(keys) * chunk_dim) != len(keys) * chunk_dim:
                 raise ConfigError(f"fields sharing table {f.table_name!r} read different chunk counts; give "
                                   "them the same chunks_per_feature", "embedding.chunks_per_feature")
+        pooled_subs = {SUB_TABLE.format(i) for i, keys in enumerate(members["bag"]) if keys}
+        unknown = sorted(set(config.kept_rows) - pooled_subs)
+        if unknown:
+            raise ConfigError(f"kept_rows names {unknown}, which are not pooled sub-tables of this model "
+                              f"({sorted(pooled_subs)})", "embedding.kept_rows")
         bound = None if config.init_std is None else config.init_std * 3 ** 0.5
         bag_tables, seq_configs, chunk_configs = [], [], []
         if any(f.is_sparse for f in vocab_fields):
@@ -170,8 +190,10 @@ class UnifiedEmbedding(FieldEmbedding):
             extra = {"pooling": PoolingType.SUM} if sp == "bag" else {}
             for i, keys in enumerate(members[sp]):
                 if keys:
+                    rows = config.kept_rows.get(name.format(i), self.space_rows[sp]) if sp == "bag" \
+                        else self.space_rows[sp]
                     out.append(kind(name=f"{prefix}{name.format(i)}", embedding_dim=chunk_dim,
-                                    num_embeddings=self.space_rows[sp], feature_names=keys,
+                                    num_embeddings=rows, feature_names=keys,
                                     weight_init_min=None if bound is None else -bound, weight_init_max=bound, **extra))
         self.ebc = EmbeddingBagCollection(tables=bag_tables, device=device) if bag_tables else None
         self.ec = EmbeddingCollection(tables=seq_configs, device=device) if seq_configs else None  # width D
@@ -183,6 +205,9 @@ class UnifiedEmbedding(FieldEmbedding):
             for table, width in widths.items() if config.project or width != dim})
         self.numeric = NumericFieldEmbedding(layout.num_numeric, dim, config.init_std or 0.01) \
             if layout.num_numeric else None
+        self.row_maps = nn.Module()  # pruned sub-tables: full row -> kept row (0: the pruned rows' shared row)
+        for table in sorted(config.kept_rows):
+            self.row_maps.register_buffer(table, torch.zeros(self.space_rows["bag"], dtype=torch.int32))
 
     def multiplex(self, sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Input KJT (64-bit ids of hashed fields) → the lookups' KJT: vocabulary keys, then one key per chunk."""
@@ -190,7 +215,11 @@ class UnifiedEmbedding(FieldEmbedding):
         out = {k: jts[k] for k in self.vocab_keys}
         for key, field, salt, rows in self.chunk_keys:
             jt = jts[field]
-            out[key] = JaggedTensor(values=chunk_rows(jt.values(), salt, rows), lengths=jt.lengths())
+            values = chunk_rows(jt.values(), salt, rows)
+            row_map = getattr(self.row_maps, self.chunk_table[key], None)
+            if row_map is not None:
+                values = row_map[values].to(values.dtype)
+            out[key] = JaggedTensor(values=values, lengths=jt.lengths())
         return KeyedJaggedTensor.from_jt_dict(out)
 
     def hashed_share(self) -> float:
@@ -203,6 +232,9 @@ class UnifiedEmbedding(FieldEmbedding):
 
     def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
         return sequence_fields(*self._lookup(dense, sparse))
+
+    def scale_chunks(self, looked: dict, kjt: KeyedJaggedTensor) -> None:
+        """Hook between the lookups and the concatenation (``unified_optfs`` gates the pooled chunks here)."""
 
     def _field_rows(self, name: str, looked: dict) -> torch.Tensor:
         """A field's vectors before pooling: ``[B, D]`` for a pooled field, ``[n, D]`` for an unpooled one."""
@@ -222,6 +254,7 @@ class UnifiedEmbedding(FieldEmbedding):
         for ec in (self.ec, self.chunk_ec):  # an EmbeddingCollection holds one width: vocabulary D, chunks
             if ec is not None:
                 looked.update(ec(kjt))
+        self.scale_chunks(looked, kjt)
         vecs, history, mask = [], [], torch.zeros(0)
         for name in self.sparse_names:
             rows = self._field_rows(name, looked)

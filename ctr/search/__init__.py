@@ -39,13 +39,14 @@ phase and ``init_from`` later.
 
 from collections.abc import Callable
 
-from ctr.search import dnis, optembed, optfs
+from ctr.search import dnis, optembed, optfs, unified_optfs
 from ctr.search.phases import CompactResult, Phase, PhaseContext, TrainRequest
 
 SEARCHES: dict[str, Callable[[object], list[Phase]]] = {
     "optfs": optfs.phases,
     "optembed": optembed.phases,
     "dnis": dnis.phases,
+    "unified_optfs": unified_optfs.phases,
 }
 
 

@@ -17,12 +17,14 @@ Both paths take q, k and v packed as ``[B, L, 3, H, d]`` (one projection's ``[B,
 viewed per head) and return ``[B, L, H, d]``.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -73,6 +75,29 @@ def unavailable_reason() -> str | None:
     return _state["error"]  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold an OS file lock on ``build_dir`` (released by the OS if the holder dies) and, under it, remove a
+    ``lock`` file that torch's own build lock left behind: torch waits for that file to disappear, forever
+    when the process that made it was killed mid-build (Ctrl-C during a first run). Every build into our
+    cache goes through this lock, so such a file seen while holding it belongs to a dead build."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: torch's lock alone
+        yield
+        return
+    with open(build_dir / "ctr-build.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                log.warning("removing %s, left by an interrupted kernel build", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build() -> tuple[ModuleType | None, str | None]:
     if os.environ.get("CTR_FUSED_ATTENTION", "1") == "0":
         return None, "CTR_FUSED_ATTENTION=0"
@@ -100,9 +125,10 @@ def _build() -> tuple[ModuleType | None, str | None]:
     if build_dir is None:
         return None, f"no writable kernel cache among {[str(d) for d in _cache_dirs(key)]} (set CTR_KERNEL_CACHE)"
     try:
-        module = cpp_extension.load(
-            name=f"ctr_field_attention_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-            extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
+        with _build_lock(build_dir):
+            module = cpp_extension.load(
+                name=f"ctr_field_attention_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=False)
     except Exception as exc:  # noqa: BLE001 - any build failure means: use the fallback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, f"building {SOURCE.name} in {build_dir} failed ({first}); needs a C++ compiler and ninja"

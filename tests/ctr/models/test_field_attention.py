@@ -123,3 +123,17 @@ def test_flop_counter_counts_the_attention():
         fa.packed_field_attention(qkv, 0.3).sum().backward()
     # forward q kᵀ and weights·v: 2 · (2 · B·H·L²·d); backward twice that
     assert counter.get_total_flops() == 3 * 4 * 4 * 2 * 10 * 10 * 8
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_under_our_own_lock(tmp_path):
+    # torch's build waits for `lock` to disappear: left by a build killed mid-way, it used to hang every later run
+    (tmp_path / "lock").write_text("")
+    with fa._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+        import fcntl
+
+        with open(tmp_path / "ctr-build.flock") as other:  # held: a second builder would wait, not race
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / "ctr-build.flock") as other:  # released on exit
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
