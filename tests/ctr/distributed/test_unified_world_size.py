@@ -70,3 +70,32 @@ def test_shared_tables_on_two_workers_match_one_process(unified, ray_cluster):
     placed = _placements(two.plan)
     ranks = {placed[n][1] for n in placed}
     assert "[0]" in ranks and "[1]" in ranks  # tables spread over both workers
+
+
+def test_gated_shared_rows_row_wise_on_two_workers_match_one_process(unified, ray_cluster):
+    """unified_optfs: the gate tables are placed row-wise exactly like their sub-tables, every rank steps its own
+    gate rows, and 2 workers end with the same losses and gates as 1 process."""
+    from ctr.embeddings import UnifiedOptFSConfig
+    from pipelines.ray_runner import RayRun, train_on_ray
+    from tests.ctr.distributed.test_optfs_world_size import _gates
+
+    spec, prepared, root = unified
+    gated = UnifiedOptFSConfig(budget=0.5, chunks=2, chunk_dim=4, num_tables=2, search_epochs=2, rewind=1,
+                               final_temp=20.0, penalty=1e-3)
+    spec = dataclasses.replace(spec, embedding=gated,
+                               train=spec.train.model_copy(update={"optimizer": spec.train.optimizer.model_copy(
+                                   update={"lr": 0.03})}))
+    one_job = _job(spec, prepared, root / "g1", ["row_wise"])
+    one = run_worker(one_job)
+    two_job = _job(spec, prepared, root / "g2", ["row_wise"])
+    two = train_on_ray(two_job, RayRun(workers=2, storage=str(root / "ray-g")))
+    placed = _placements(two.plan)
+    for sub in ("unified_0", "unified_1"):
+        assert placed[f"{sub}@gate"] == placed[sub] and placed[sub][0] == "row_wise" and "[0, 1]" in placed[sub][1]
+    np.testing.assert_allclose(np.array(one.fit.step_losses), np.array(two.fit.step_losses), atol=2e-3, rtol=0)
+    g1, g2 = _gates(one_job, one.checkpoint_dir), _gates(two_job, two.checkpoint_dir)
+    assert set(g1) == {"unified_0", "unified_1"}
+    for sub in g1:
+        assert (g1[sub] != 0.5).mean() > 0.5  # most rows moved (the penalty reaches every row)
+        np.testing.assert_allclose(g1[sub], g2[sub], atol=2e-3)
+        assert ((g1[sub] > 0) != (g2[sub] > 0)).mean() < 0.01
