@@ -42,21 +42,30 @@ def search(ctx: PhaseContext) -> dict:
             "valid": result.valid, "history": result.fit.history}
 
 
+def rewound_ticket(ctx: PhaseContext, layout):
+    """``(ticket config, final model, rewound model)``: the search's last state and its rewind snapshot, both
+    hard-gated (unsharded), the snapshot given the final gates (its embeddings and dense layers stay rewound)."""
+    from ctr.models import build_model
+
+    found = ctx.previous["search"]
+    cfg = ctx.embedding_cfg.model_copy(update={"mode": "ticket"})
+    final = build_model(ctx.model_cfg, layout, cfg)
+    checkpoint.load(final, found["final"])
+    rewound = build_model(ctx.model_cfg, layout, cfg)
+    checkpoint.load(rewound, found["rewind"])
+    with torch.no_grad():
+        rewound.embedding.gate_ebc.load_state_dict(final.embedding.gate_ebc.state_dict())
+    return cfg, final, rewound
+
+
 def materialise(ctx: PhaseContext) -> dict:
     """Keep-lists from the final gates (``m > 0``), a compact artifact and splits, and the compact model's
     initial weights: the rewind snapshot's rows of the kept ids times the hard gate."""
     from ctr.models import build_model
 
-    found = ctx.previous["search"]
-    cfg = ctx.embedding_cfg.model_copy(update={"mode": "ticket"})
     artifact = FeatureArtifact.load(ctx.artifact_dir)
     layout = artifact.layout()
-    final = build_model(ctx.model_cfg, layout, cfg)
-    checkpoint.load(final, found["final"])
-    rewound = build_model(ctx.model_cfg, layout, cfg)
-    checkpoint.load(rewound, found["rewind"])
-    with torch.no_grad():  # the gates are the final ones; embeddings and dense layers the rewound ones
-        rewound.embedding.gate_ebc.load_state_dict(final.embedding.gate_ebc.state_dict())
+    cfg, final, rewound = rewound_ticket(ctx, layout)
     keep = {t: normalise_keep(k, layout.table_sizes[t]) for t, k in rewound.embedding.keep_lists().items()}
     scale = {t: rewound.embedding.gate(t, torch.as_tensor(k)).numpy() for t, k in keep.items()}
 

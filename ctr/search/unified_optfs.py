@@ -17,7 +17,7 @@ import torch
 from ctr.errors import ConfigError
 from ctr.features.artifact import FeatureArtifact
 from ctr.search.common import keep_report, kept_rows_png, retrain_compact
-from ctr.search.optfs import search
+from ctr.search.optfs import rewound_ticket, search
 from ctr.search.phases import Phase, PhaseContext
 from ctr.train import checkpoint
 
@@ -61,15 +61,8 @@ def materialise(ctx: PhaseContext) -> dict:
     rewind snapshot's kept rows times the hard gate, its dense layers and other tables as they were."""
     from ctr.models import build_model
 
-    found = ctx.previous["search"]
-    cfg = ctx.embedding_cfg.model_copy(update={"mode": "ticket"})
     layout = FeatureArtifact.load(ctx.artifact_dir).layout()
-    final = build_model(ctx.model_cfg, layout, cfg)
-    checkpoint.load(final, found["final"])
-    rewound = build_model(ctx.model_cfg, layout, cfg)
-    checkpoint.load(rewound, found["rewind"])
-    with torch.no_grad():  # the gates are the final ones; embeddings and dense layers the rewound ones
-        rewound.embedding.gate_ebc.load_state_dict(final.embedding.gate_ebc.state_dict())
+    cfg, _, rewound = rewound_ticket(ctx, layout)
     keep = rewound.embedding.keep_lists()  # sub-table -> kept rows (no OOV row: rows are not values)
     compact_cfg = cfg.unified(kept_rows={t: len(k) + 1 for t, k in keep.items()})
     compact = build_model(ctx.model_cfg, layout, compact_cfg)
