@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--name", default="peers", help="stem of the result files (e.g. peers_din)")
     ap.add_argument("--mlflow-experiment", default=None)
+    ap.add_argument("--ctr-set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="extra override for ctr's runs only (e.g. train.precision=bf16); listed in the table's notes")
     ap.add_argument("--reference-autoint", action="store_true",
                     help="ctr's AutoInt+ keeps the pipeline's reference block instead of the peers' architecture")
     args = ap.parse_args(argv)
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                 spec = load_spec(str(ROOT / DATA[data]), experiment=model)
                 dataset = dataset_file(spec, tmp)
                 hp = hparams(spec, model, args.max_epochs)
-                extra = matched_sets(spec, model, args.reference_autoint)
+                extra = matched_sets(spec, model, args.reference_autoint) + list(args.ctr_set)
                 hp["ctr_sets"] = extra
                 for seed in args.seeds:
                     for system in args.systems:
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = aggregate(runs)
     note = (f"ctr vs peers, {os.cpu_count()} CPU cores, seeds {args.seeds}"
             + (f", epochs capped at {args.max_epochs}" if args.max_epochs else "")
+            + (f"; ctr runs with --set {' '.join(args.ctr_set)}" if args.ctr_set else "")
             + f"; load average at the end {os.getloadavg()[0]:.1f}")
     text = markdown(rows, note, args.reference_autoint)
     (out / f"{args.name}.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))

@@ -39,6 +39,10 @@ class TrainConfig(StrictConfig):
         progress (bool): show a tqdm progress bar.
         checkpoint_every (int | None): also write a resumable checkpoint every this many global steps
             (one is always written after each epoch when the runner keeps checkpoints).
+        precision (str): ``fp32``, or ``bf16``: the training forward runs under ``torch.autocast`` with
+            bfloat16, so the dense layers' matmuls take bfloat16 inputs (about 3× sgemm's rate where the CPU
+            has AVX512-BF16 or AMX). Weights, gradients, optimiser state, embedding tables and the loss stay
+            float32; validation, test and serving run in float32.
     """
 
     epochs: int = 10
@@ -51,6 +55,7 @@ class TrainConfig(StrictConfig):
     max_steps_per_epoch: int | None = None
     progress: bool = True
     checkpoint_every: int | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class Checkpointer(Protocol):
@@ -109,6 +114,11 @@ def _better(monitor: str, new: float, old: float | None) -> bool:
 StepCallback = Callable[[int, float], None]
 
 
+def training_precision(cfg: TrainConfig, device_type: str) -> torch.autocast:
+    """The autocast context of a training forward: bfloat16 with ``precision: bf16``, else a no-op."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
                  desc: str, show: bool, on_step: StepCallback | None, result: FitResult,
                  on_checkpoint: Callable[[FitResult], None] | None,
@@ -121,7 +131,9 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
     for step, batch in enumerate(batches, start=result.epoch_steps):
         if step >= total:
             break
-        loss = objective(model(batch.dense, batch.sparse), batch.labels, batch.loss_rows, batch.weights)
+        with training_precision(cfg, batch.dense.device.type):
+            logits = model(batch.dense, batch.sparse)
+        loss = objective(logits.float(), batch.labels, batch.loss_rows, batch.weights)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

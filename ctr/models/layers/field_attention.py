@@ -201,6 +201,8 @@ def packed_field_attention(qkv: torch.Tensor, scale: float, dropout_p: float = 0
         >>> packed_field_attention(torch.randn(2, 5, 3, 4, 8), scale=0.5).shape
         torch.Size([2, 5, 4, 8])
     """
+    if qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
+        qkv = qkv.float()  # bf16 autocast training: the kernel computes in float32 (its cost is not the matmuls')
     if fused_applies(qkv, dropout_p):
         return _fused(qkv.contiguous(), float(scale))
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, H, L, d]
