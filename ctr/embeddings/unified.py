@@ -211,6 +211,10 @@ class UnifiedEmbedding(FieldEmbedding):
 
     def multiplex(self, sparse: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Input KJT (64-bit ids of hashed fields) → the lookups' KJT: vocabulary keys, then one key per chunk."""
+        return KeyedJaggedTensor.from_jt_dict(self._multiplexed(sparse))
+
+    def _multiplexed(self, sparse: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        """:meth:`multiplex`'s keys and ids, before they are joined into one KJT."""
         jts = sparse.to_dict()
         out = {k: jts[k] for k in self.vocab_keys}
         for key, field, salt, rows in self.chunk_keys:
@@ -220,7 +224,7 @@ class UnifiedEmbedding(FieldEmbedding):
             if row_map is not None:
                 values = row_map[values].to(values.dtype)
             out[key] = JaggedTensor(values=values, lengths=jt.lengths())
-        return KeyedJaggedTensor.from_jt_dict(out)
+        return out
 
     def hashed_share(self) -> float:
         """Parameters of the shared space over the hashed tables' collisionless parameters."""
@@ -233,8 +237,9 @@ class UnifiedEmbedding(FieldEmbedding):
     def forward_sequences(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> SequenceFields:
         return sequence_fields(*self._lookup(dense, sparse))
 
-    def scale_chunks(self, looked: dict, kjt: KeyedJaggedTensor) -> None:
-        """Hook between the lookups and the concatenation (``unified_optfs`` gates the pooled chunks here)."""
+    def scale_chunks(self, looked: dict, ids: dict[str, JaggedTensor]) -> None:
+        """Hook between the lookups and the concatenation, given the lookups' ids per key (``unified_optfs``
+        gates the pooled chunks here)."""
 
     def _field_rows(self, name: str, looked: dict) -> torch.Tensor:
         """A field's vectors before pooling: ``[B, D]`` for a pooled field, ``[n, D]`` for an unpooled one."""
@@ -247,14 +252,15 @@ class UnifiedEmbedding(FieldEmbedding):
 
     def _lookup(self, dense: torch.Tensor, sparse: KeyedJaggedTensor
                 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        kjt = self.multiplex(sparse)
+        ids = self._multiplexed(sparse)
+        kjt = KeyedJaggedTensor.from_jt_dict(ids)
         looked: dict = {}
         if self.ebc is not None:
             looked.update(self.ebc(kjt).to_dict())
         for ec in (self.ec, self.chunk_ec):  # an EmbeddingCollection holds one width: vocabulary D, chunks
             if ec is not None:
                 looked.update(ec(kjt))
-        self.scale_chunks(looked, kjt)
+        self.scale_chunks(looked, ids)
         vecs, history, mask = [], [], torch.zeros(0)
         for name in self.sparse_names:
             rows = self._field_rows(name, looked)

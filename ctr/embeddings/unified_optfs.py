@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from ctr.embeddings.base import FieldLayout
 from ctr.embeddings.hashed import hashed_tables_of
@@ -96,17 +96,16 @@ class UnifiedOptFSEmbedding(GatedTables, UnifiedEmbedding):
         self.gated_keys = [key for keys in subs.values() for key in keys]
         self.gate_tables = {sub: f"{sub}{GATE_SUFFIX}" for sub in subs}  # sub-table -> its gate table
         self.base_tables = {sub: sub for sub in subs}
-        self.gate_ebc = EmbeddingBagCollection(tables=[
-            gate_table_config(self.gate_tables[sub], self.space_rows["bag"], keys, config.mask_init)
-            for sub, keys in subs.items()], device=device) if subs else None
-        if self.gate_ebc is None:
+        if not subs:
             raise ConfigError("unified_optfs found no hash-encoded field to gate; set features.encoding: hash "
                               "(or lower features.hash_min_cardinality)", "features.encoding")
+        self.gate_ebc = EmbeddingBagCollection(tables=[
+            gate_table_config(self.gate_tables[sub], self.space_rows["bag"], keys, config.mask_init)
+            for sub, keys in subs.items()], device=device)
         self.init_gates()
 
-    def scale_chunks(self, looked: dict, kjt: KeyedJaggedTensor) -> None:
+    def scale_chunks(self, looked: dict, ids: dict[str, JaggedTensor]) -> None:
         """Scale each pooled chunk vector (``[B, chunk_dim]``) by its row's gate, in ``looked``."""
-        jts = kjt.to_dict()
-        rows = self.gate_ebc(KeyedJaggedTensor.from_jt_dict({k: jts[k] for k in self.gated_keys})).to_dict()
+        rows = self.gate_ebc(KeyedJaggedTensor.from_jt_dict({k: ids[k] for k in self.gated_keys})).to_dict()
         for key in self.gated_keys:
             looked[key] = looked[key] * self.captured_gates(rows[key]).unsqueeze(-1)

@@ -38,10 +38,8 @@ def pruned_state(ticket_state: dict, compact_state: dict, keep: dict[str, np.nda
     """The compact model's state from a hard-gated (ticket) model's: gated sub-table ``t`` keeps rows
     ``keep[t]`` (× ``scale``) at rows ``1..K`` after a zero row 0, and its row map sends them there (every
     other row to 0); all other entries are copied. Gate tables are dropped."""
-    out = {}
-    for key, value in compact_state.items():
-        out[key] = ticket_state[key].clone() if key in ticket_state and ticket_state[key].shape == value.shape \
-            else value.clone()
+    out = {key: ticket_state[key].clone() for key, value in compact_state.items()
+           if key in ticket_state and ticket_state[key].shape == value.shape}
     for table, ids in keep.items():
         weight = ticket_state[WEIGHT.format(table)]
         rows = torch.zeros(len(ids) + 1, weight.shape[1], dtype=weight.dtype)
@@ -50,7 +48,7 @@ def pruned_state(ticket_state: dict, compact_state: dict, keep: dict[str, np.nda
         row_map[torch.as_tensor(ids, dtype=torch.long)] = torch.arange(1, len(ids) + 1, dtype=torch.int32)
         out[WEIGHT.format(table)] = rows
         out[ROW_MAP.format(table)] = row_map
-    missing = sorted(k for k in compact_state if k not in ticket_state and k not in out)
+    missing = sorted(set(compact_state) - set(out))
     if missing:
         raise KeyError(f"compact state entries without a source: {missing}")
     return out

@@ -98,6 +98,8 @@ def test_compact_model_equals_the_hard_gated_model():
     compact_cfg = cfg.unified(kept_rows={t: len(k) + 1 for t, k in keep.items()})
     compact = build_model(model_cfg, LAYOUT, compact_cfg).eval()
     compact.load_state_dict(pruned_state(ticket.state_dict(), compact.state_dict(), keep, ticket.embedding.scale))
+    with pytest.raises(KeyError, match="unified_1"):  # a pruned sub-table without its kept rows has no source
+        pruned_state(ticket.state_dict(), compact.state_dict(), {"unified_0": keep["unified_0"]}, 1.0)
     assert 0.3 < len(keep["unified_0"]) / ticket.embedding.sub_table_rows < 0.7
     assert compact.embedding.ebc.embedding_bags["unified_0"].weight.shape[0] == len(keep["unified_0"]) + 1
     with torch.no_grad():
