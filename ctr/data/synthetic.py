@@ -23,6 +23,7 @@ Pipelines never read it as a feature (the schema lists the inputs).
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -236,7 +237,9 @@ def generate(n_rows: int, path: str | Path, seed: int = 7, max_cardinality: int 
     data = sample(n_rows, seed, max_cardinality, config)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    # a temporary name of this process's own: concurrent runs that generate the same file (a sweep started
+    # on a fresh checkout) each write theirs and the last rename wins, with identical content
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     data.frame.with_columns(pl.Series(ORACLE_COLUMN, data.probability)).write_parquet(tmp)
     tmp.replace(out)
     log.info("wrote %d synthetic rows to %s (positive rate %.3f)", n_rows, out, float(data.frame["label"].mean()))

@@ -19,11 +19,15 @@ class DeepFMConfig(DNNOptions):
     Args:
         name (str): ``deepfm``.
         embedding_dim (int): field vector width D (a multiple of 4).
+        fm_numeric (bool): whether the numeric fields' vectors (``value · v``) take part in the FM's pairwise
+            term (the paper's DeepFM, the default). ``false``: the FM pairs categorical fields only, as
+            DeepCTR-Torch and torch-rechub build DeepFM; the first-order and deep parts still read every field.
         dnn_* : the MLP options of :class:`~ctr.models.layers.mlp.DNNOptions`.
     """
 
     name: Literal["deepfm"] = "deepfm"
     embedding_dim: EmbeddingDim = 16
+    fm_numeric: bool = True
 
 
 class DeepFM(nn.Module):
@@ -31,7 +35,8 @@ class DeepFM(nn.Module):
 
         fields = embedding(dense, sparse)                  # [B, F, D]
         logit  = linear(dense, sparse)                     # [B]  b + Σ w
-               + fm(fields)                                # [B]  Σ_{i<j} <v_i, v_j>
+               + fm(fields)                                # [B]  Σ_{i<j} <v_i, v_j> (categorical i, j only
+                                                           #      with fm_numeric: false)
                + mlp(fields.flatten(1))                    # [B, F·D] -> [B]
 
     Args:
@@ -68,4 +73,6 @@ class DeepFM(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         fields = self.embedding(dense, sparse)  # [B, F, D]
         deep = self.mlp(fields.flatten(1)).squeeze(-1)  # [B]
-        return self.linear(dense, sparse) + self.fm(fields) + deep  # [B]
+        # the F slots are the sparse fields, then the N = dense.shape[1] numeric fields
+        paired = fields if self.config.fm_numeric else fields[:, : fields.shape[1] - dense.shape[1]]
+        return self.linear(dense, sparse) + self.fm(paired) + deep  # [B]

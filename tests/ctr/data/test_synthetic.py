@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
@@ -91,6 +94,18 @@ def test_generate_writes_parquet_once(tmp_path):
     truth = sample(300, 3, 50, SyntheticConfig(num_numeric=2, num_categorical=3))
     np.testing.assert_array_equal(written[ORACLE_COLUMN].to_numpy(), truth.probability)
     assert np.allclose(truth.probability, 1 / (1 + np.exp(-truth.logit)))
+
+
+def test_concurrent_generators_of_one_file_both_succeed(tmp_path):
+    # two runs of a sweep on a fresh checkout generate the same cached file at once; a shared temporary
+    # name made the slower one's rename fail
+    path = tmp_path / "syn.parquet"
+    code = f"from ctr.data.synthetic import generate; generate(20000, {str(path)!r}, 3, 1000)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert pl.read_parquet(path).height == 20000
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["syn.parquet"]
 
 
 def test_oracle_test_split_follows_the_pipeline_split(tmp_path):

@@ -17,6 +17,7 @@ CONFIGS = {
     "fm": FMConfig(embedding_dim=8),
     "dnn": DNNConfig(embedding_dim=8, dnn_hidden=(16, 8), dnn_batchnorm=True, dnn_dropout=0.1),
     "deepfm": DeepFMConfig(embedding_dim=8, dnn_hidden=(16,), dnn_activation="tanh"),
+    "deepfm_fm_categorical": DeepFMConfig(embedding_dim=8, dnn_hidden=(16,), fm_numeric=False),
     "autoint": AutoIntConfig(embedding_dim=8, attention_dim=4, attention_layers=2, attention_dropout=0.1),
     "autoint_paper": AutoIntConfig(embedding_dim=8, attention_dim=4, variant="paper"),
     "autoint_plus_wide": AutoIntConfig(name="autoint_plus", embedding_dim=8, attention_dim=4, dnn_hidden=(16,),
@@ -89,3 +90,18 @@ def test_first_order_models_refuse_a_missing_first_order(cls, cfg, layout):
     assert cls.needs_first_order
     with pytest.raises(ValueError, match="needs a first-order embedding"):
         cls(emb, None, cfg)
+
+
+def test_deepfm_fm_numeric_false_pairs_only_the_categorical_fields(layout, batch):
+    dense, sparse = batch
+    model = _model("deepfm_fm_categorical", layout).eval()
+    paper = build_model(CONFIGS["deepfm_fm_categorical"].model_copy(update={"fm_numeric": True}), layout).eval()
+    paper.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        fields = model.embedding(dense, sparse)  # [B, 5, D]: user, item, hist, then price, age
+        deep = model.mlp(fields.flatten(1)).squeeze(-1)
+        first = model.linear(dense, sparse)
+        expected = first + model.fm(fields[:, :3]) + deep
+        torch.testing.assert_close(model(dense, sparse), expected)
+        torch.testing.assert_close(paper(dense, sparse), first + model.fm(fields) + deep)
+        assert not torch.allclose(model(dense, sparse), paper(dense, sparse))
