@@ -68,3 +68,5 @@ def test_experiments_merge_section_by_section(tmp_path):
 def test_shipped_examples_parse(example):
     spec = load_spec(EXAMPLES / example)
     assert spec.features.fields and spec.model.embedding_dim % 4 == 0
+    for name in yaml.safe_load((EXAMPLES / example).read_text()).get("experiments") or {}:  # every experiment
+        assert load_spec(EXAMPLES / example, experiment=name).features.fields
