@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.spec import load_spec
 
     py = ensure_peer_venv() if set(args.systems) - {"ctr"} else None
+    if "ctr" in args.systems:
+        from ctr.models.layers import field_attention
+
+        field_attention.kernel()  # build (or load) AutoInt's attention kernel here, not inside a timed epoch
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []

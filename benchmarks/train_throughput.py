@@ -136,6 +136,9 @@ def main() -> None:
     elif args.variant:
         child(args)
     else:
+        from ctr.models.layers import field_attention
+
+        field_attention.kernel()  # build (or load) the attention kernel before the variants' timed epochs
         parent(args)
 
 
