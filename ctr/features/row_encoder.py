@@ -126,7 +126,9 @@ class RowEncoder:
         return np.cumsum(lengths), np.asarray(out, dtype=np.int64)
 
     def _numbers(self, f: FeatureSpec, values: list) -> np.ndarray:
-        x = np.array([_number(f, v, i) for i, v in enumerate(values)], dtype=np.float64)
+        x = _plain_numbers(values)
+        if x is None:  # text, None, bool, ±inf, ...: value by value, with errors that name the example
+            x = np.array([_number(f, v, i) for i, v in enumerate(values)], dtype=np.float64)
         x = np.where(np.isnan(x), f.fill_value, x)
         if f.transform == "log_square":
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -152,11 +154,29 @@ def _category_text(f: FeatureSpec, v, i: int) -> str:
                               f"integer, got {_type_name(v)}", field=f.column, example=i)
 
 
+def _plain_numbers(values: list) -> np.ndarray | None:
+    """The usual request column, numbers sent as ``int``/``float`` and all finite, ``None`` or NaN for missing:
+    one array conversion (``None`` becomes NaN) instead of a Python call per value (a third of a 512-row
+    request's encoding). ``None`` for anything else."""
+    for v in values:
+        t = type(v)
+        if t is not float and t is not int and v is not None:  # bool, numpy scalars, text: the checked path
+            return None
+    try:
+        x = np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond float range
+        return None
+    return None if np.isinf(x).any() else x
+
+
 def _number(f: FeatureSpec, v, i: int) -> float:
     if v is None or v is _ABSENT:
         return math.nan
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return _finite(f, float(v), i)
+        try:
+            return _finite(f, float(v), i)
+        except OverflowError:  # an int beyond float range
+            return _finite(f, math.inf, i)
     if isinstance(v, str):
         text = v.strip()
         if not text:

@@ -86,6 +86,25 @@ def test_bad_values_name_the_field(row, field, words):
     assert err.value.grpc_status == "INVALID_ARGUMENT" and err.value.context["field"] == field
 
 
+def test_numbers_sent_as_numbers_encode_like_the_checked_path():
+    # a column of plain ints/floats takes one array conversion; any other value sends it value by value
+    enc = RowEncoder(FeatureArtifact.fit(TRAIN, SCHEMA))
+    plain = [{**GOOD, "cnt": c, "price": p, "raw_col": r}
+             for c, p, r in [(3, 1.5, 0.5), (0, float("nan"), -2), (10**6, 2.0, 1e30), (2**70, None, 7)]]
+    text = [{**row, **{k: ("" if row[k] is None or row[k] != row[k] else str(row[k]))
+                       for k in ("cnt", "price", "raw_col")}} for row in plain]
+    np.testing.assert_array_equal(enc.encode(plain).dense, enc.encode(text).dense)
+    np.testing.assert_array_equal(enc.encode(plain[:2] + [{**GOOD, "price": None}]).dense[:2],
+                                  enc.encode(plain[:2]).dense)
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), 10**400], ids=["inf", "-inf", "10**400"])
+def test_infinite_or_overflowing_numbers_name_the_example(value):
+    enc = RowEncoder(FeatureArtifact.fit(TRAIN, SCHEMA))
+    with pytest.raises(InvalidRequestError, match="example 1: feature 'price' is numeric and must be finite"):
+        enc.encode([GOOD, {**GOOD, "price": value}])
+
+
 def test_missing_policy_null_treats_absent_as_missing():
     art = FeatureArtifact.fit(TRAIN, SCHEMA)
     absent = RowEncoder(art, missing="null").encode([{"item": "a"}])
