@@ -156,8 +156,8 @@ def _category_text(f: FeatureSpec, v, i: int) -> str:
 
 def _plain_numbers(values: list) -> np.ndarray | None:
     """The usual request column, numbers sent as ``int``/``float`` and all finite, ``None`` or NaN for missing:
-    one array conversion (``None`` becomes NaN) instead of a Python call per value (a third of a 512-row
-    request's encoding). ``None`` for anything else."""
+    one array conversion (``None`` becomes NaN) instead of a checked Python call per value. ``None`` for
+    anything else."""
     for v in values:
         t = type(v)
         if t is not float and t is not int and v is not None:  # bool, numpy scalars, text: the checked path
