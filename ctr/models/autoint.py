@@ -87,6 +87,15 @@ class AutoIntConfig(DNNOptions):
         return self.num_heads * self.attention_dim
 
 
+def _relu(y: torch.Tensor) -> torch.Tensor:
+    """ReLU of a linear layer's ``[B, F, ·]`` output: in place where nothing records gradients (evaluation and
+    serving: no second activation tensor; the int8 scorer's model call took 17–19% less time at 512 rows and
+    3–5% at 64, interleaved A/B). Under autograd out of place:
+    that output is a view of the matmul's 2-D result, and an in-place op on a view makes backward rebuild the
+    whole base's gradient (``CopySlices``), which cost more than the copy saved."""
+    return torch.relu(y) if torch.is_grad_enabled() else y.relu_()
+
+
 class InteractingLayer(nn.Module):
     """One interacting block: ``[B, F, I] -> [B, F, H·d']``.
 
@@ -125,7 +134,7 @@ class InteractingLayer(nn.Module):
 
     def _project(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         y = layer(x)  # [B, F, H·d']
-        return torch.relu(y) if self.reference else y
+        return _relu(y) if self.reference else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Q, K and V in one matmul whose [B, F, 3·H·d'] output the attention kernel reads in place
@@ -135,11 +144,11 @@ class InteractingLayer(nn.Module):
         bias = torch.cat((self.query.bias, self.key.bias, self.value.bias)) if self.reference else None
         qkv = F.linear(x, weight, bias)
         if self.reference:
-            qkv = torch.relu(qkv)
+            qkv = _relu(qkv)
         qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))  # [B, F, 3, H, d']
         heads = packed_field_attention(qkv, self.scale,
                                        dropout_p=self.dropout.p if self.training else 0.0)  # [B, F, H, d']
-        out = torch.relu(heads.flatten(2) + self._project(self.residual, x))  # [B, F, H·d']
+        out = (heads.flatten(2) + self._project(self.residual, x)).relu_()  # [B, F, H·d'], a fresh tensor
         return self.norm(out)
 
 
