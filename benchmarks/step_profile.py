@@ -107,7 +107,7 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
     from ctr.data.prepare import read_encoded
     from ctr.distributed.env import destroy_process_group, init_process_group
     from ctr.distributed.worker import build_training
-    from ctr.train.loop import training_precision
+    from ctr.train.loop import training_loss
     from pipelines.stages import prepare as prepare_stage
     from pipelines.stages.train import make_job
 
@@ -133,9 +133,7 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
             batch = next(it)
         t1 = time.perf_counter()
         timer.seconds = 0.0
-        with training_precision(cfg, batch.dense.device.type):
-            logits = dmp(batch.dense, batch.sparse)
-        loss = objective(logits.float(), batch.labels, batch.loss_rows)
+        loss = training_loss(dmp, objective, batch, cfg)
         optimizer.zero_grad()
         t2 = time.perf_counter()
         loss.backward()
@@ -148,8 +146,8 @@ def profile_step(spec, steps: int, warmup: int) -> dict:
                 phases[k].append(v)
     # one more step under the FLOP counter (dense matmuls/attention; FBGEMM lookups are not counted)
     batch = next(iter(batches))  # a full batch
-    with FlopCounterMode(display=False) as counter, training_precision(cfg, batch.dense.device.type):
-        loss = objective(dmp(batch.dense, batch.sparse).float(), batch.labels, batch.loss_rows)
+    with FlopCounterMode(display=False) as counter:
+        loss = training_loss(dmp, objective, batch, cfg)
         optimizer.zero_grad()
         loss.backward()
     optimizer.zero_grad()

@@ -119,6 +119,13 @@ def training_precision(cfg: TrainConfig, device_type: str) -> torch.autocast:
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
+def training_loss(model, objective: Objective, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    """One training step's loss: the forward at ``cfg.precision``, the loss in float32."""
+    with training_precision(cfg, batch.dense.device.type):
+        logits = model(batch.dense, batch.sparse)
+    return objective(logits.float(), batch.labels, batch.loss_rows, batch.weights)
+
+
 def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch], cfg: TrainConfig,
                  desc: str, show: bool, on_step: StepCallback | None, result: FitResult,
                  on_checkpoint: Callable[[FitResult], None] | None,
@@ -131,9 +138,7 @@ def _train_epoch(model, optimizer, objective: Objective, batches: Iterable[Batch
     for step, batch in enumerate(batches, start=result.epoch_steps):
         if step >= total:
             break
-        with training_precision(cfg, batch.dense.device.type):
-            logits = model(batch.dense, batch.sparse)
-        loss = objective(logits.float(), batch.labels, batch.loss_rows, batch.weights)
+        loss = training_loss(model, objective, batch, cfg)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
